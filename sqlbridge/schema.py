@@ -1,0 +1,307 @@
+"""Every table, as SQLAlchemy Core metadata: the one source of truth for the schema.
+
+The T-SQL table scripts in ``sql/`` are generated from this metadata (and a test fails when they
+drift). On SQL Server the tables live in schema ``sqlbridge``; on SQLite the same tables are
+created without a schema through ``schema_translate_map`` (see ``sqlbridge.db``).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Unicode,
+    UnicodeText,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects import mssql
+
+from .sqlfuncs import utcnow
+
+SCHEMA = "sqlbridge"
+STATUSES = ("queued", "processing", "succeeded", "failed", "uncertain", "cancelled")
+FINISHED = ("succeeded", "failed", "uncertain", "cancelled")
+
+metadata = MetaData(schema=SCHEMA)
+
+# BIGINT IDENTITY on SQL Server; SQLite only auto-numbers a column declared INTEGER PRIMARY KEY.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+# DATETIME2(3) rather than DATETIME: no 3 ms rounding, and the type SYSUTCDATETIME() returns.
+Timestamp = DateTime().with_variant(mssql.DATETIME2(precision=3), "mssql")
+# NVARCHAR(MAX), never the deprecated NTEXT the mssql dialect picks when it cannot ask the server.
+LongText = UnicodeText().with_variant(mssql.NVARCHAR(None), "mssql")
+
+
+def _id() -> Column:
+    return Column("id", Id, primary_key=True, autoincrement=True)
+
+
+def _now(name: str, nullable: bool = False) -> Column:
+    return Column(name, Timestamp, nullable=nullable, server_default=utcnow())
+
+
+def _seen() -> list[Column]:
+    return [_now("first_seen"), _now("last_seen"), Column("request_id", BigInteger, nullable=True)]
+
+
+outbox = Table(
+    "outbox",
+    metadata,
+    _id(),
+    Column("request_key", Unicode(200), nullable=True),
+    Column("account", Unicode(100), nullable=False, server_default=text("'default'")),
+    Column("provider", Unicode(20), nullable=True),
+    Column("operation", Unicode(100), nullable=False),
+    Column("params", LongText, nullable=False, server_default=text("'{}'")),
+    Column("priority", Integer, nullable=False, server_default=text("0")),
+    Column("status", Unicode(20), nullable=False, server_default=text("'queued'")),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("max_attempts", Integer, nullable=False, server_default=text("5")),
+    _now("available_at"),
+    Column("locked_by", Unicode(200), nullable=True),
+    Column("locked_until", Timestamp, nullable=True),
+    Column("lease_token", Unicode(36), nullable=True),
+    _now("created_at"),
+    Column("started_at", Timestamp, nullable=True),
+    Column("finished_at", Timestamp, nullable=True),
+    Column("http_status", Integer, nullable=True),
+    Column("response", LongText, nullable=True),
+    Column("error_code", Unicode(100), nullable=True),
+    Column("error_message", LongText, nullable=True),
+    Column("correlation", Unicode(400), nullable=True),
+    Column("parent_id", BigInteger, nullable=True),
+    Column("schedule_id", BigInteger, nullable=True),
+    CheckConstraint(
+        "status IN ('queued', 'processing', 'succeeded', 'failed', 'uncertain', 'cancelled')",
+        name="ck_outbox_status",
+    ),
+    CheckConstraint("ISJSON(params) = 1", name="ck_outbox_params_json").ddl_if(dialect="mssql"),
+    CheckConstraint("json_valid(params)", name="ck_outbox_params_json").ddl_if(dialect="sqlite"),
+)
+
+# The claim statement's index: only queued rows, in the order they are taken.
+Index(
+    "ix_outbox_claim",
+    outbox.c.available_at,
+    outbox.c.priority,
+    outbox.c.id,
+    mssql_where=outbox.c.status == "queued",
+    sqlite_where=outbox.c.status == "queued",
+)
+# Expired-lease recovery looks only at rows in flight.
+Index(
+    "ix_outbox_lease",
+    outbox.c.locked_until,
+    mssql_where=outbox.c.status == "processing",
+    sqlite_where=outbox.c.status == "processing",
+)
+# Idempotency: a key may be used once; rows without a key are not constrained (SQL Server's
+# UNIQUE would otherwise allow a single NULL).
+Index(
+    "ux_outbox_request_key",
+    outbox.c.request_key,
+    unique=True,
+    mssql_where=outbox.c.request_key.isnot(None),
+    sqlite_where=outbox.c.request_key.isnot(None),
+)
+Index("ix_outbox_status_finished", outbox.c.status, outbox.c.finished_at)
+Index("ix_outbox_parent", outbox.c.parent_id)
+
+outbox_attempt = Table(
+    "outbox_attempt",
+    metadata,
+    _id(),
+    Column("request_id", BigInteger, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("started_at", Timestamp, nullable=False),
+    Column("duration_ms", Integer, nullable=True),
+    Column("http_status", Integer, nullable=True),
+    Column("outcome", Unicode(20), nullable=False),
+    Column("error_code", Unicode(100), nullable=True),
+    Column("error_message", LongText, nullable=True),
+    Column("worker", Unicode(200), nullable=True),
+    Index("ix_outbox_attempt_request", "request_id", "attempt"),
+)
+
+# -- inbox: fetched data, upserted on natural keys ------------------------------------------
+
+chat_channel = Table(
+    "chat_channel",
+    metadata,
+    _id(),
+    Column("account", Unicode(100), nullable=False),
+    Column("platform", Unicode(20), nullable=False),
+    Column("platformid", Unicode(100), nullable=False),
+    Column("name", Unicode(400), nullable=True),
+    *_seen(),
+    UniqueConstraint("account", "platform", "platformid", name="ux_chat_channel"),
+)
+
+chat = Table(
+    "chat",
+    metadata,
+    _id(),
+    Column("account", Unicode(100), nullable=False),
+    Column("platform", Unicode(20), nullable=False),
+    Column("platformid", Unicode(100), nullable=False),
+    Column("destination", Unicode(100), nullable=False),
+    Column("last_messageid", Unicode(100), nullable=True),
+    Column("last_message", LongText, nullable=True),
+    Column("last_sent", Boolean, nullable=True),
+    Column("last_status", Unicode(50), nullable=True),
+    Column("last_datetime", Unicode(50), nullable=True),
+    *_seen(),
+    UniqueConstraint("account", "platform", "platformid", "destination", name="ux_chat"),
+)
+
+chat_message = Table(
+    "chat_message",
+    metadata,
+    _id(),
+    Column("account", Unicode(100), nullable=False),
+    Column("platform", Unicode(20), nullable=False),
+    Column("platformid", Unicode(100), nullable=False),
+    Column("messageid", Unicode(100), nullable=False),
+    Column("destination", Unicode(100), nullable=True),
+    Column("message", LongText, nullable=True),
+    # True for messages the account sent, False for incoming ones (vendor: sent / issent).
+    Column("sent", Boolean, nullable=True),
+    Column("status", Unicode(50), nullable=True),
+    # The vendor's own timestamp text, kept as given: its format is not documented.
+    Column("datetime", Unicode(50), nullable=True),
+    Column("unread", Boolean, nullable=False, server_default=text("0")),
+    # Set once by take_messages so each incoming message is handed to one consumer once.
+    Column("taken_at", Timestamp, nullable=True),
+    Column("taken_by", Unicode(200), nullable=True),
+    *_seen(),
+    UniqueConstraint("account", "platform", "platformid", "messageid", name="ux_chat_message"),
+)
+Index("ix_chat_message_chat", chat_message.c.account, chat_message.c.platform,
+      chat_message.c.platformid, chat_message.c.destination)
+Index(
+    "ix_chat_message_untaken",
+    chat_message.c.id,
+    mssql_where=chat_message.c.taken_at.is_(None),
+    sqlite_where=chat_message.c.taken_at.is_(None),
+)
+
+anna_department = Table(
+    "anna_department",
+    metadata,
+    _id(),
+    Column("account", Unicode(100), nullable=False),
+    Column("alias", Unicode(100), nullable=False),
+    Column("name", Unicode(400), nullable=True),
+    *_seen(),
+    UniqueConstraint("account", "alias", name="ux_anna_department"),
+)
+
+anna_channel = Table(
+    "anna_channel",
+    metadata,
+    _id(),
+    Column("account", Unicode(100), nullable=False),
+    Column("department_alias", Unicode(100), nullable=False),
+    Column("alias", Unicode(100), nullable=False),
+    Column("name", Unicode(400), nullable=True),
+    *_seen(),
+    UniqueConstraint("account", "department_alias", "alias", name="ux_anna_channel"),
+)
+
+anna_user_request = Table(
+    "anna_user_request",
+    metadata,
+    _id(),
+    Column("account", Unicode(100), nullable=False),
+    # userId, or "docType:docValue" when the user was identified by document.
+    Column("user_key", Unicode(200), nullable=False),
+    Column("protocol", Unicode(100), nullable=False),
+    Column("department", Unicode(400), nullable=True),
+    Column("channel", Unicode(400), nullable=True),
+    Column("description", LongText, nullable=True),
+    Column("opened", Unicode(50), nullable=True),
+    Column("status", Unicode(20), nullable=True),
+    Column("pending", Boolean, nullable=True),
+    Column("link", Unicode(2000), nullable=True),
+    *_seen(),
+    UniqueConstraint("account", "user_key", "protocol", name="ux_anna_user_request"),
+)
+
+anna_alert_counter = Table(
+    "anna_alert_counter",
+    metadata,
+    _id(),
+    Column("account", Unicode(100), nullable=False),
+    Column("user_key", Unicode(200), nullable=False),
+    # The messengerFilters the count was asked with, as canonical JSON ('{}' for none).
+    Column("filters", Unicode(900), nullable=False),
+    Column("alert_counter", Integer, nullable=False),
+    *_seen(),
+    UniqueConstraint("account", "user_key", "filters", name="ux_anna_alert_counter"),
+)
+
+anna_user_hash = Table(
+    "anna_user_hash",
+    metadata,
+    _id(),
+    Column("account", Unicode(100), nullable=False),
+    Column("user_id", Unicode(100), nullable=False),
+    Column("hash", Unicode(400), nullable=True),
+    Column("chat_url", Unicode(2000), nullable=True),
+    Column("embedded_url", Unicode(2000), nullable=True),
+    Column("expires_at", Timestamp, nullable=True),
+    *_seen(),
+    UniqueConstraint("account", "user_id", name="ux_anna_user_hash"),
+)
+
+# -- schedules and bookkeeping -------------------------------------------------------------
+
+sync_schedule = Table(
+    "sync_schedule",
+    metadata,
+    _id(),
+    Column("name", Unicode(200), nullable=False),
+    Column("account", Unicode(100), nullable=False, server_default=text("'default'")),
+    Column("operation", Unicode(100), nullable=False),
+    Column("params", LongText, nullable=False, server_default=text("'{}'")),
+    Column("interval_seconds", Integer, nullable=False),
+    _now("next_run_at"),
+    Column("enabled", Boolean, nullable=False, server_default=text("1")),
+    Column("max_children", Integer, nullable=False, server_default=text("1000")),
+    Column("locked_by", Unicode(200), nullable=True),
+    Column("locked_until", Timestamp, nullable=True),
+    Column("last_run_at", Timestamp, nullable=True),
+    Column("last_request_id", BigInteger, nullable=True),
+    Column("last_status", Unicode(20), nullable=True),
+    Column("last_error", LongText, nullable=True),
+    _now("created_at"),
+    UniqueConstraint("name", name="ux_sync_schedule_name"),
+    CheckConstraint("interval_seconds > 0", name="ck_sync_schedule_interval"),
+)
+
+schema_version = Table(
+    "schema_version",
+    metadata,
+    Column("version", Unicode(200), primary_key=True),
+    Column("checksum", Unicode(64), nullable=False),
+    _now("applied_at"),
+)
+
+INBOX_TABLES = (
+    chat_channel,
+    chat,
+    chat_message,
+    anna_department,
+    anna_channel,
+    anna_user_request,
+    anna_alert_counter,
+    anna_user_hash,
+)
