@@ -1,0 +1,542 @@
+"""The outbox state machine: every database statement the queue needs, and nothing else.
+
+The worker, the CLI and the scheduler talk to ``Queue``; none of them sees SQL. Each state change
+is one statement guarded by the state it expects, so two workers, an operator and a timed-out
+lease can never move the same row twice:
+
+- claim: ``UPDATE … SET status='processing' … WHERE id IN (SELECT TOP (n) id … WITH (ROWLOCK,
+  READPAST, UPDLOCK) …) AND status='queued' OUTPUT inserted.*`` on SQL Server (the form Babelfish
+  also accepts; there the hints are ignored and claims serialise, which is correct, only slower);
+  ``UPDATE … RETURNING`` inside ``BEGIN IMMEDIATE`` on SQLite.
+- every later change of a claimed row is fenced by its lease token: a worker that lost its lease
+  (it stalled, the row was recovered and claimed again) can no longer write to the row.
+- expired leases are recovered by the workers themselves (no separate reaper to forget): reads
+  go back to the queue, sends become ``uncertain`` because nobody knows whether they left.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.dialects import mssql
+from sqlalchemy.exc import IntegrityError
+
+from . import registry
+from .config import Settings
+from .errors import ConfigError, InvalidState, RequestNotFound, SqlbridgeError, ValidationError
+from .schema import FINISHED, outbox, outbox_attempt
+from .sqlfuncs import utcnow
+
+CLAIM_HINT = "WITH (ROWLOCK, READPAST, UPDLOCK)"
+PURGEABLE = ("succeeded", "failed", "cancelled")
+
+_CLAIM_COLUMNS = (
+    outbox.c.id, outbox.c.request_key, outbox.c.account, outbox.c.provider, outbox.c.operation,
+    outbox.c.params, outbox.c.priority, outbox.c.attempts, outbox.c.max_attempts,
+    outbox.c.lease_token, outbox.c.correlation, outbox.c.parent_id, outbox.c.schedule_id,
+)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A row this worker holds the lease of."""
+
+    id: int
+    request_key: str | None
+    account: str
+    provider: str | None
+    operation: str
+    params: str
+    priority: int
+    attempts: int
+    max_attempts: int
+    lease_token: str
+    correlation: str | None
+    parent_id: int | None
+    schedule_id: int | None
+
+
+@dataclass
+class Completion:
+    """What one attempt came to; written back by ``Queue.finish`` in a batch."""
+
+    id: int
+    lease_token: str
+    attempt: int
+    # succeeded | failed | uncertain | queued (a retry)
+    status: str
+    started_at: datetime
+    duration_ms: int
+    worker: str
+    provider: str | None = None
+    http_status: int | None = None
+    response: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    retry_in: float | None = None
+    # (lands_in, account, params, records) for the inbox writer, in the same transaction.
+    inbox: tuple[str, str, dict[str, Any], list[dict[str, Any]]] | None = None
+    # Child requests to enqueue in the same transaction (sync fan-out): enqueue() kwargs.
+    followups: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class EnqueueResult:
+    id: int
+    created: bool  # False when request_key matched an existing request
+
+
+def _utc_naive() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _claim_statement(limit: int) -> Any:
+    pick = (
+        select(outbox.c.id)
+        .where(outbox.c.status == "queued", outbox.c.available_at <= utcnow())
+        .order_by(outbox.c.priority.desc(), outbox.c.id)
+        .limit(limit)
+        .with_hint(outbox, CLAIM_HINT, "mssql")
+    )
+    return (
+        update(outbox)
+        .where(outbox.c.id.in_(pick.scalar_subquery()), outbox.c.status == "queued")
+        .values(
+            status="processing",
+            locked_by=bindparam("worker"),
+            locked_until=utcnow(bindparam("lease", type_=None)),
+            lease_token=bindparam("token"),
+            attempts=outbox.c.attempts + 1,
+            started_at=func.coalesce(outbox.c.started_at, utcnow()),
+        )
+        .returning(*_CLAIM_COLUMNS)
+    )
+
+
+def _finish_statement() -> Any:
+    terminal = bindparam("terminal")
+    return (
+        update(outbox)
+        .where(
+            outbox.c.id == bindparam("b_id"),
+            outbox.c.lease_token == bindparam("b_token"),
+            outbox.c.status == "processing",
+        )
+        .values(
+            status=bindparam("b_status"),
+            provider=func.coalesce(outbox.c.provider, bindparam("b_provider")),
+            http_status=bindparam("b_http_status"),
+            response=bindparam("b_response"),
+            error_code=bindparam("b_error_code"),
+            error_message=bindparam("b_error_message"),
+            finished_at=case((terminal == 1, utcnow()), else_=None),
+            available_at=case((terminal == 1, outbox.c.available_at),
+                              else_=utcnow(bindparam("b_retry_in"))),
+            locked_by=None,
+            locked_until=None,
+            lease_token=None,
+        )
+    )
+
+
+def _renew_statement() -> Any:
+    return (
+        update(outbox)
+        .where(outbox.c.lease_token == bindparam("token"), outbox.c.status == "processing")
+        .values(locked_until=utcnow(bindparam("lease")))
+    )
+
+
+def _release_statement() -> Any:
+    return (
+        update(outbox)
+        .where(outbox.c.id == bindparam("b_id"), outbox.c.lease_token == bindparam("b_token"),
+               outbox.c.status == "processing")
+        .values(status="queued", attempts=outbox.c.attempts - 1, locked_by=None,
+                locked_until=None, lease_token=None)
+    )
+
+
+def _expired_statement() -> Any:
+    return select(
+        outbox.c.id, outbox.c.account, outbox.c.provider, outbox.c.operation, outbox.c.params,
+        outbox.c.attempts, outbox.c.max_attempts, outbox.c.lease_token, outbox.c.locked_by,
+    ).where(outbox.c.status == "processing", outbox.c.locked_until < utcnow())
+
+
+def _recover_statement() -> Any:
+    terminal = bindparam("terminal")
+    return (
+        update(outbox)
+        .where(outbox.c.id == bindparam("b_id"), outbox.c.lease_token == bindparam("b_token"),
+               outbox.c.status == "processing", outbox.c.locked_until < utcnow())
+        .values(
+            status=bindparam("b_status"),
+            error_code=bindparam("b_error_code"),
+            error_message=bindparam("b_error_message"),
+            finished_at=case((terminal == 1, utcnow()), else_=None),
+            available_at=utcnow(),
+            locked_by=None, locked_until=None, lease_token=None,
+        )
+    )
+
+
+def _attempt_statement() -> Any:
+    return insert(outbox_attempt)
+
+
+def mssql_statements() -> dict[str, str]:
+    """The statements the worker sends to SQL Server, as SQL Server will see them.
+
+    The test suite parses these with Microsoft's T-SQL grammar, so a dialect change in SQLAlchemy
+    or a careless edit here fails CI on a machine with no SQL Server.
+    """
+    dialect = mssql.dialect()
+    statements = {
+        "claim": _claim_statement(10),
+        "finish": _finish_statement(),
+        "renew": _renew_statement(),
+        "release": _release_statement(),
+        "expired": _expired_statement(),
+        "recover": _recover_statement(),
+        "attempt": _attempt_statement().values(
+            request_id=1, attempt=1, started_at=bindparam("s"), duration_ms=1, http_status=200,
+            outcome="succeeded", error_code=None, error_message=None, worker="w"),
+        "cancel": _cancel_statement(),
+        "retry": _retry_statement(),
+    }
+    return {name: str(stmt.compile(dialect=dialect)) for name, stmt in statements.items()}
+
+
+def _cancel_statement() -> Any:
+    return (
+        update(outbox)
+        .where(outbox.c.id == bindparam("b_id"), outbox.c.status == "queued")
+        .values(status="cancelled", finished_at=utcnow(), error_code="CANCELLED",
+                error_message=bindparam("b_message"))
+    )
+
+
+def _retry_statement() -> Any:
+    return (
+        update(outbox)
+        .where(outbox.c.id == bindparam("b_id"),
+               outbox.c.status.in_(("failed", "uncertain", "cancelled")))
+        .values(status="queued", attempts=0, available_at=utcnow(), finished_at=None,
+                error_code=None, error_message=None, http_status=None)
+    )
+
+
+class Queue:
+    """Every outbox operation, as one statement each (see the module docstring)."""
+
+    def __init__(self, engine: Engine, settings: Settings | None = None) -> None:
+        self.engine = engine
+        self.settings = settings or Settings(database_url=str(engine.url))
+
+    # -- enqueue ----------------------------------------------------------------------------
+
+    def enqueue(self, operation: str, params: Mapping[str, Any] | str | None = None, *,
+                account: str = "default", priority: int = 0, request_key: str | None = None,
+                correlation: str | None = None, not_before: datetime | None = None,
+                max_attempts: int | None = None, parent_id: int | None = None,
+                schedule_id: int | None = None, provider: str | None = None,
+                conn: Connection | None = None) -> EnqueueResult:
+        """Validate and store one request; the same ``request_key`` again returns the first."""
+        row = self._row(operation, params, account=account, priority=priority,
+                        request_key=request_key, correlation=correlation,
+                        not_before=not_before, max_attempts=max_attempts, parent_id=parent_id,
+                        schedule_id=schedule_id, provider=provider)
+        if conn is not None:
+            return self._insert(conn, row)
+        try:
+            with self.engine.begin() as c:
+                return self._insert(c, row)
+        except IntegrityError:
+            # Another caller inserted the same request_key between our look and our insert.
+            if request_key is None:
+                raise
+            with self.engine.begin() as c:
+                found = self._by_key(c, request_key)
+            if found is None:
+                raise
+            return EnqueueResult(found, False)
+
+    def _row(self, operation: str, params: Mapping[str, Any] | str | None, *, account: str,
+             priority: int, request_key: str | None, correlation: str | None,
+             not_before: datetime | None, max_attempts: int | None, parent_id: int | None,
+             schedule_id: int | None, provider: str | None) -> dict[str, Any]:
+        op, clean = registry.validate(operation, params, provider)
+        if not account or len(account) > 100:
+            raise ValidationError("account must be a name of 1 to 100 characters",
+                                  code="INVALID_ARGUMENT", param="account")
+        if max_attempts is not None and not 1 <= max_attempts <= 100:
+            raise ValidationError("max_attempts must be from 1 to 100", code="INVALID_ARGUMENT",
+                                  param="max_attempts")
+        if request_key is not None and not 1 <= len(request_key) <= 200:
+            raise ValidationError("request_key must be 1 to 200 characters",
+                                  code="INVALID_ARGUMENT", param="request_key")
+        row: dict[str, Any] = {
+            "request_key": request_key,
+            "account": account,
+            "provider": op.provider,
+            "operation": op.name,
+            "params": _json(clean),
+            "priority": int(priority),
+            "max_attempts": max_attempts or self.settings.worker.max_attempts,
+            "correlation": correlation,
+            "parent_id": parent_id,
+            "schedule_id": schedule_id,
+        }
+        if not_before is not None:
+            row["available_at"] = not_before
+        return row
+
+    def _insert(self, conn: Connection, row: dict[str, Any]) -> EnqueueResult:
+        if row["request_key"] is not None:
+            found = self._by_key(conn, row["request_key"])
+            if found is not None:
+                return EnqueueResult(found, False)
+        new_id = conn.execute(insert(outbox).values(**row).returning(outbox.c.id)).scalar_one()
+        return EnqueueResult(int(new_id), True)
+
+    @staticmethod
+    def _by_key(conn: Connection, key: str) -> int | None:
+        return conn.execute(select(outbox.c.id).where(outbox.c.request_key == key)).scalar()
+
+    # -- the worker's statements ---------------------------------------------------------------
+
+    def claim(self, worker: str, limit: int, lease_seconds: float) -> list[Claimed]:
+        if limit <= 0:
+            return []
+        token = uuid.uuid4().hex
+        with self.engine.begin() as conn:
+            rows = conn.execute(_claim_statement(limit),
+                                {"worker": worker, "lease": float(lease_seconds),
+                                 "token": token}).all()
+        claimed = [Claimed(**row._mapping) for row in rows]
+        claimed.sort(key=lambda c: (-c.priority, c.id))
+        return claimed
+
+    def renew(self, token: str, lease_seconds: float) -> int:
+        with self.engine.begin() as conn:
+            return conn.execute(_renew_statement(),
+                                {"token": token, "lease": float(lease_seconds)}).rowcount
+
+    def release(self, claims: Iterable[Claimed]) -> int:
+        """Give back claimed rows that were never started (shutdown): not an attempt."""
+        params = [{"b_id": c.id, "b_token": c.lease_token} for c in claims]
+        if not params:
+            return 0
+        with self.engine.begin() as conn:
+            return conn.execute(_release_statement(), params).rowcount
+
+    def finish(self, completions: Sequence[Completion],
+               inbox_writer: Any = None) -> list[int]:
+        """Write a batch of outcomes in one transaction; return the ids whose lease had been
+        lost (their outcome is recorded only as an attempt row)."""
+        if not completions:
+            return []
+        fenced: list[int] = []
+        stmt = _finish_statement()
+        with self.engine.begin() as conn:
+            for c in completions:
+                terminal = 0 if c.status == "queued" else 1
+                matched = conn.execute(stmt, {
+                    "b_id": c.id, "b_token": c.lease_token, "b_status": c.status,
+                    "b_provider": c.provider, "b_http_status": c.http_status,
+                    "b_response": c.response, "b_error_code": c.error_code,
+                    "b_error_message": c.error_message, "terminal": terminal,
+                    "b_retry_in": float(c.retry_in or 0),
+                }).rowcount
+                if not matched:
+                    fenced.append(c.id)
+                    continue
+                if c.inbox is not None and inbox_writer is not None:
+                    lands_in, account, params, records = c.inbox
+                    inbox_writer(conn, lands_in, account, params, records, c.id)
+                for child in c.followups:
+                    self.enqueue(conn=conn, parent_id=c.id, **child)
+            conn.execute(_attempt_statement(), [
+                {
+                    "request_id": c.id, "attempt": c.attempt, "started_at": c.started_at,
+                    "duration_ms": c.duration_ms, "http_status": c.http_status,
+                    "outcome": "lost_lease" if c.id in fenced else
+                    ("retry" if c.status == "queued" else c.status),
+                    "error_code": c.error_code, "error_message": c.error_message,
+                    "worker": c.worker,
+                }
+                for c in completions
+            ])
+        return fenced
+
+    def recover_expired(self, is_send: Any = None) -> dict[str, int]:
+        """Settle rows whose worker stopped renewing its lease (killed, hung, partitioned).
+
+        ``is_send(row) -> bool`` says whether a row may have been delivered by its lost worker;
+        the default asks the registry and the account's ``allow_resend`` setting.
+        """
+        is_send = is_send or self._unsafe_to_resend
+        counts = {"queued": 0, "failed": 0, "uncertain": 0}
+        with self.engine.begin() as conn:
+            rows = conn.execute(_expired_statement()).all()
+            if not rows:
+                return counts
+            updates, attempts = [], []
+            for r in rows:
+                if is_send(r):
+                    status, code = "uncertain", "LEASE_EXPIRED"
+                    text = (f"worker {r.locked_by} stopped while sending; the request may or "
+                            "may not have been delivered. Check with the recipient, then "
+                            f"'sqlbridge retry {r.id}' to send it again")
+                elif r.attempts >= r.max_attempts:
+                    status, code = "failed", "LEASE_EXPIRED"
+                    text = (f"worker {r.locked_by} stopped during the last of "
+                            f"{r.max_attempts} attempts")
+                else:
+                    status, code = "queued", "LEASE_EXPIRED"
+                    text = f"worker {r.locked_by} stopped; the request was queued again"
+                updates.append({"b_id": r.id, "b_token": r.lease_token, "b_status": status,
+                                "b_error_code": code, "b_error_message": text,
+                                "terminal": 0 if status == "queued" else 1})
+            for u in updates:
+                if conn.execute(_recover_statement(), u).rowcount:
+                    counts[u["b_status"]] += 1
+                    attempts.append({
+                        "request_id": u["b_id"],
+                        "attempt": next(r.attempts for r in rows if r.id == u["b_id"]),
+                        "started_at": _utc_naive(), "duration_ms": None,
+                        "http_status": None, "outcome": "lost_lease",
+                        "error_code": "LEASE_EXPIRED", "error_message": u["b_error_message"],
+                        "worker": next(r.locked_by for r in rows if r.id == u["b_id"]),
+                    })
+            if attempts:
+                conn.execute(_attempt_statement(), attempts)
+        return counts
+
+    def _unsafe_to_resend(self, row: Any) -> bool:
+        try:
+            op = registry.resolve(row.operation, row.provider)
+            params = registry.parse_params(row.params, row.operation)
+        except SqlbridgeError:
+            return False  # never valid, so never sent
+        if not op.is_send(params):
+            return False
+        try:
+            account = self.settings.account(row.account)
+        except ConfigError:
+            return True
+        section = getattr(account, op.provider)
+        return not section.allow_resend
+
+    # -- operators -------------------------------------------------------------------------
+
+    def get(self, request_id: int, *, with_attempts: bool = False) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(outbox).where(outbox.c.id == request_id)).first()
+            if row is None:
+                raise RequestNotFound(f"request {request_id} does not exist")
+            out = dict(row._mapping)
+            if with_attempts:
+                out["attempt_rows"] = [
+                    dict(a._mapping) for a in conn.execute(
+                        select(outbox_attempt).where(outbox_attempt.c.request_id == request_id)
+                        .order_by(outbox_attempt.c.id))
+                ]
+        return out
+
+    def cancel(self, request_id: int, reason: str = "cancelled by an operator") -> None:
+        with self.engine.begin() as conn:
+            if conn.execute(_cancel_statement(), {"b_id": request_id,
+                                                  "b_message": reason}).rowcount:
+                return
+            status = conn.execute(select(outbox.c.status).where(outbox.c.id == request_id)).scalar()
+        if status is None:
+            raise RequestNotFound(f"request {request_id} does not exist")
+        raise InvalidState(f"request {request_id} is {status}; only queued requests can be "
+                           "cancelled (a request being sent cannot be called back)")
+
+    def retry(self, request_id: int) -> None:
+        with self.engine.begin() as conn:
+            if conn.execute(_retry_statement(), {"b_id": request_id}).rowcount:
+                return
+            status = conn.execute(select(outbox.c.status).where(outbox.c.id == request_id)).scalar()
+        if status is None:
+            raise RequestNotFound(f"request {request_id} does not exist")
+        raise InvalidState(f"request {request_id} is {status}; only failed, uncertain or "
+                           "cancelled requests can be retried")
+
+    def purge(self, older_than_seconds: float, statuses: Sequence[str] = PURGEABLE) -> int:
+        """Delete finished requests (and their attempt rows) older than the given age."""
+        bad = [s for s in statuses if s not in FINISHED]
+        if bad:
+            raise ValidationError(f"cannot purge status {bad[0]!r}; allowed: {', '.join(FINISHED)}",
+                                  code="INVALID_ARGUMENT", param="status")
+        old = and_(outbox.c.status.in_(list(statuses)),
+                   outbox.c.finished_at < utcnow(-float(older_than_seconds)))
+        with self.engine.begin() as conn:
+            conn.execute(delete(outbox_attempt).where(
+                outbox_attempt.c.request_id.in_(select(outbox.c.id).where(old))))
+            return conn.execute(delete(outbox).where(old)).rowcount
+
+    def summary(self, failures: int = 10) -> dict[str, Any]:
+        """Counts by status and operation, the age of the oldest queued request, recent
+        failures: what an operator looks at first."""
+        with self.engine.connect() as conn:
+            counts = conn.execute(
+                select(outbox.c.operation, outbox.c.status, func.count())
+                .group_by(outbox.c.operation, outbox.c.status)
+                .order_by(outbox.c.operation, outbox.c.status)).all()
+            oldest = conn.execute(select(func.min(outbox.c.created_at))
+                                  .where(outbox.c.status == "queued")).scalar()
+            now = conn.execute(select(utcnow())).scalar()
+            recent = conn.execute(
+                select(outbox.c.id, outbox.c.operation, outbox.c.status, outbox.c.error_code,
+                       outbox.c.error_message, outbox.c.finished_at)
+                .where(outbox.c.status.in_(("failed", "uncertain")))
+                .order_by(outbox.c.id.desc()).limit(failures)).all()
+        by_status: dict[str, int] = {}
+        for _, status, n in counts:
+            by_status[status] = by_status.get(status, 0) + n
+        if isinstance(now, str):  # SQLite returns the expression's text unparsed
+            now = datetime.fromisoformat(now)
+        if isinstance(oldest, str):
+            oldest = datetime.fromisoformat(oldest)
+        return {
+            "by_status": by_status,
+            "by_operation": [{"operation": o, "status": s, "count": n} for o, s, n in counts],
+            "oldest_queued_seconds": (now - oldest).total_seconds() if oldest else None,
+            "recent_failures": [dict(r._mapping) for r in recent],
+        }
+
+    def wait(self, request_id: int, timeout: float, poll: float = 0.1) -> dict[str, Any]:
+        """Block until the request is finished or ``timeout`` seconds pass; return the row."""
+        deadline = time.monotonic() + timeout
+        while True:
+            row = self.get(request_id)
+            if row["status"] in FINISHED or time.monotonic() >= deadline:
+                return row
+            time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+            poll = min(poll * 1.5, 1.0)
