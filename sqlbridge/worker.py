@@ -1,0 +1,245 @@
+"""The worker process: claim, call on a thread pool, write back, repeat.
+
+One thread (the caller of ``run``) owns every database conversation; the pool threads only do
+HTTP. That keeps database round trips few and batched (one claim per batch, one finish
+transaction for everything that completed since the last loop, one lease renewal per claim
+token) and means a database outage pauses bookkeeping without touching calls in flight.
+
+Shutdown (SIGTERM/SIGINT through ``stop()``): no new claims; claims not yet started are
+released back to the queue without counting an attempt; calls in flight finish and are written.
+A lost database connection is retried with back-off until it returns or the worker is stopped;
+completions wait in memory meanwhile, and if their leases expired in the gap the fenced finish
+refuses them and recovery settles the rows (reads run again, sends become ``uncertain``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from . import attempt, sync
+from .config import Settings
+from .db import make_engine
+from .queue import Claimed, Completion, Queue
+
+log = logging.getLogger("sqlbridge.worker")
+T = TypeVar("T")
+
+# SQL Server: 1205 deadlock victim, 1222 lock timeout; both mean "run the statement again".
+_RETRYABLE_DB_CODES = ("1205", "1222", "40001", "database is locked")
+
+
+@dataclass
+class WorkerStats:
+    claimed: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    retried: int = 0
+    uncertain: int = 0
+    fenced: int = 0
+    released: int = 0
+    recovered: dict[str, int] = field(default_factory=dict)
+    db_errors: int = 0
+
+    def count(self, status: str) -> None:
+        name = {"queued": "retried"}.get(status, status)
+        setattr(self, name, getattr(self, name) + 1)
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident() % 100000}"
+
+
+class Worker:
+    """Runs requests from the outbox until stopped (or, with ``once``, until it is empty)."""
+
+    def __init__(self, settings: Settings, engine: Engine | None = None, *,
+                 worker_id: str | None = None, concurrency: int | None = None,
+                 batch: int | None = None, poll_interval: float | None = None,
+                 lease_seconds: float | None = None, call: attempt.Caller | None = None,
+                 schedules: bool = True) -> None:
+        self.settings = settings
+        self.engine = engine or make_engine(settings.database_url)
+        self.queue = Queue(self.engine, settings)
+        w = settings.worker
+        self.id = worker_id or default_worker_id()
+        self.concurrency = concurrency or w.concurrency
+        self.batch = batch or w.batch
+        self.poll_interval = poll_interval if poll_interval is not None else w.poll_interval
+        self.lease = lease_seconds or w.lease_seconds
+        self.schedules = schedules
+        self._providers: Any = None
+        self._call = call
+        self._stop = threading.Event()
+        self.stats = WorkerStats()
+
+    # -- wiring ----------------------------------------------------------------------------
+
+    def _caller(self) -> attempt.Caller:
+        if self._call is None:
+            from .providers import build_providers
+
+            self._providers = build_providers(pool_size=self.concurrency)
+            self._call = self._providers.call
+        return self._call
+
+    @staticmethod
+    def _inbox_writer() -> Callable[..., Any]:
+        from . import inbox
+
+        return inbox.write
+
+    def stop(self) -> None:
+        """Ask the loop to finish; safe from a signal handler or another thread."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    # -- database calls that survive outages --------------------------------------------------
+
+    def _db(self, what: str, fn: Callable[[], T], *, must_finish: bool = False) -> T | None:
+        """Run one queue call; on a lost connection or deadlock, back off and try again.
+
+        Gives up (returns None) once the worker is stopping, except for ``must_finish`` calls
+        (writing results, releasing claims), which keep trying for one lease period: after
+        that the leases have expired anyway and recovery settles the rows.
+        """
+        pause = 0.2
+        deadline: float | None = None
+        while True:
+            try:
+                return fn()
+            except (OperationalError, DBAPIError) as exc:
+                self.stats.db_errors += 1
+                retryable = exc.connection_invalidated or isinstance(exc, OperationalError) or \
+                    any(code in str(exc.orig) for code in _RETRYABLE_DB_CODES)
+                if not retryable:
+                    raise
+                log.warning("database unavailable during %s (%s); retrying in %.1fs", what,
+                            type(exc.orig).__name__, pause)
+            if self._stop.is_set():
+                if not must_finish:
+                    return None
+                deadline = deadline or time.monotonic() + self.lease
+                if time.monotonic() > deadline:
+                    log.error("gave up on %s: the database stayed unreachable", what)
+                    return None
+                time.sleep(pause)
+            else:
+                self._stop.wait(pause)
+            pause = min(pause * 2, 10.0)
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def run(self, *, once: bool = False, max_seconds: float | None = None) -> WorkerStats:
+        """Process requests. ``once``: stop when nothing is queued or in flight (the demo and
+        tests use it); ``max_seconds``: stop after that long."""
+        call = self._caller()
+        writer = self._inbox_writer()
+        started = time.monotonic()
+        inflight: dict[Future[Completion], Claimed] = {}
+        done: list[Completion] = []
+        tokens: dict[str, float] = {}  # lease token -> when it was last renewed
+        idle_sleep = 0.05
+        next_recovery = 0.0
+        next_schedules = 0.0
+        pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="sqlbridge-call")
+        log.info("worker %s started: concurrency %d, batch %d", self.id, self.concurrency,
+                 self.batch)
+        try:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                if max_seconds is not None and now - started >= max_seconds:
+                    break
+                if now >= next_recovery:
+                    recovered = self._db("lease recovery", self.queue.recover_expired) or {}
+                    for k, v in recovered.items():
+                        self.stats.recovered[k] = self.stats.recovered.get(k, 0) + v
+                    next_recovery = now + max(1.0, self.lease / 4)
+                if self.schedules and now >= next_schedules:
+                    self._db("schedules", lambda: sync.run_due(self.queue, self.id))
+                    next_schedules = now + 1.0
+
+                free = self.concurrency - len(inflight)
+                claims: list[Claimed] = []
+                if free > 0:
+                    claims = self._db("claim", lambda n=min(free, self.batch): self.queue.claim(
+                        self.id, n, self.lease)) or []
+                for c in claims:
+                    tokens.setdefault(c.lease_token, now)
+                    inflight[pool.submit(attempt.run, c, settings=self.settings, call=call,
+                                         worker=self.id, followups=sync.followups)] = c
+                self.stats.claimed += len(claims)
+
+                if inflight:
+                    timeout = 0.0 if claims and len(inflight) < self.concurrency else 0.05
+                    finished, _ = wait(list(inflight), timeout=timeout,
+                                       return_when=FIRST_COMPLETED)
+                    for fut in finished:
+                        inflight.pop(fut)
+                        done.append(fut.result())
+                    idle_sleep = 0.05
+                elif not claims:
+                    if once and not done:
+                        break
+                    self._stop.wait(idle_sleep)
+                    idle_sleep = min(idle_sleep * 2, self.poll_interval)
+
+                if done:
+                    self._flush(done, writer)
+                self._renew(tokens, inflight)
+        finally:
+            self._shutdown(pool, inflight, done, writer)
+        return self.stats
+
+    def _flush(self, done: list[Completion], writer: Callable[..., Any]) -> None:
+        fenced = self._db("finish", lambda: self.queue.finish(done, writer),
+                          must_finish=True)
+        if fenced is None:
+            return
+        for c in done:
+            if c.id in fenced:
+                self.stats.fenced += 1
+                log.warning("request %d: lease lost before its result was written", c.id)
+            else:
+                self.stats.count(c.status)
+        done.clear()
+
+    def _renew(self, tokens: dict[str, float], inflight: dict[Future[Completion], Claimed]) -> None:
+        live = {c.lease_token for c in inflight.values()}
+        now = time.monotonic()
+        for token in list(tokens):
+            if token not in live:
+                del tokens[token]
+            elif now - tokens[token] >= self.lease / 3:
+                self._db("lease renewal", lambda t=token: self.queue.renew(t, self.lease))
+                tokens[token] = now
+
+    def _shutdown(self, pool: ThreadPoolExecutor, inflight: dict[Future[Completion], Claimed],
+                  done: list[Completion], writer: Callable[..., Any]) -> None:
+        unstarted = [c for fut, c in inflight.items() if fut.cancel()]
+        if unstarted:
+            released = self._db("release", lambda: self.queue.release(unstarted),
+                                must_finish=True) or 0
+            self.stats.released += released
+        for fut, _c in list(inflight.items()):
+            if not fut.cancelled():
+                done.append(fut.result())
+        pool.shutdown(wait=True)
+        if done:
+            self._flush(done, writer)
+        if self._providers is not None:
+            self._providers.close()
+        log.info("worker %s stopped: %s", self.id, self.stats)
