@@ -16,8 +16,11 @@ if [ ! -x .venv/bin/python ]; then
   fi
 fi
 pip_install() {
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check "$@" 2>&1 \
-    | grep -v "^WARNING: Location 'file:" || true
-  # grep hides only that harmless notice; pip's own status decides success.
-  .venv/bin/python -m pip check >/dev/null 2>&1 || .venv/bin/python -m pip check
+  # This workplace's pip prints a harmless notice per package about a missing local index;
+  # hide only that line, keep everything else, and keep pip's own exit status.
+  local out rc
+  out=$(.venv/bin/python -m pip install --quiet --disable-pip-version-check "$@" 2>&1) \
+    && rc=0 || rc=$?
+  printf '%s\n' "$out" | grep -v "^WARNING: Location 'file:" | grep -v '^$' || true
+  return "$rc"
 }
