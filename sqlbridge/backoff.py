@@ -8,8 +8,8 @@ guess: it knows when it will take traffic again, and ignoring it gets accounts t
 from __future__ import annotations
 
 import random
-from email.utils import parsedate_to_datetime
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 
 
 def delay(attempt: int, *, base: float = 2.0, cap: float = 600.0,

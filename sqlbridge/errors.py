@@ -42,7 +42,8 @@ class ValidationError(SqlbridgeError):
 
     code = "INVALID_PARAM_VALUE"
 
-    def __init__(self, message: str, *, code: str = "INVALID_PARAM_VALUE", param: str | None = None):
+    def __init__(self, message: str, *, code: str = "INVALID_PARAM_VALUE",
+                 param: str | None = None) -> None:
         super().__init__(message, code=code)
         self.param = param
 

@@ -66,18 +66,21 @@ ERROR_NUMBERS: dict[str, int] = {
 
 # Sentences, with the placeholders the T-SQL generator fills from its own variables. Keep them
 # free of anything but these placeholders so the procedures can build the very same text.
+_URL_MESSAGE = "{operation}: parameter '{param}' must be an http:// or https:// URL; got '{got}'"
 MESSAGES: dict[str, str] = {
     "MISSING_COMPULSORY_PARAM": "{operation}: parameter '{param}' is required",
     "INVALID_PARAM_VALUE": "{operation}: parameter '{param}' must be one of {allowed}; got '{got}'",
     "INCORRECT_FILETYPE": "{operation}: parameter '{param}' must be one of {allowed}; got '{got}'",
-    "INCORRECT_FILEURL": "{operation}: parameter '{param}' must be an http:// or https:// URL; got '{got}'",
-    "INCORRECT_THUMBURL": "{operation}: parameter '{param}' must be an http:// or https:// URL; got '{got}'",
-    "URL": "{operation}: parameter '{param}' must be an http:// or https:// URL; got '{got}'",
+    "INCORRECT_FILEURL": _URL_MESSAGE,
+    "INCORRECT_THUMBURL": _URL_MESSAGE,
+    "URL": _URL_MESSAGE,
     "PARAM_TOO_LONG": "{operation}: parameter '{param}' is longer than {max_length} characters",
     "INVALID_PARAM_TYPE": "{operation}: parameter '{param}' must be {type_desc}",
-    "INVALID_DATE": "{operation}: parameter '{param}' must be a date written dd/MM/yyyy; got '{got}'",
+    "INVALID_DATE":
+        "{operation}: parameter '{param}' must be a date written dd/MM/yyyy; got '{got}'",
     "UNKNOWN_PARAM": "{operation}: unknown parameter '{param}'; allowed: {allowed}",
-    "MISSING_USER_IDENTITY": "{operation}: give either 'userId' or both 'userDocType' and 'userDocValue'",
+    "MISSING_USER_IDENTITY":
+        "{operation}: give either 'userId' or both 'userDocType' and 'userDocValue'",
     "UNKNOWN_OPERATION": "unknown operation '{operation}'; known operations: {allowed}",
     "INVALID_PARAMS_JSON": "{operation}: params must be a JSON object",
 }

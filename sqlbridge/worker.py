@@ -14,6 +14,7 @@ refuses them and recovery settles the rows (reads run again, sends become ``unce
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -175,8 +176,8 @@ class Worker:
                 free = self.concurrency - len(inflight)
                 claims: list[Claimed] = []
                 if free > 0:
-                    claims = self._db("claim", lambda n=min(free, self.batch): self.queue.claim(
-                        self.id, n, self.lease)) or []
+                    claims = self._db("claim", functools.partial(
+                        self.queue.claim, self.id, min(free, self.batch), self.lease)) or []
                 for c in claims:
                     tokens.setdefault(c.lease_token, now)
                     inflight[pool.submit(attempt.run, c, settings=self.settings, call=call,
