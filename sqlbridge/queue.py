@@ -108,6 +108,11 @@ def _utc_naive() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+def _as_datetime(value: Any) -> datetime:
+    # SQLite hands back an expression's text unparsed; SQL Server a datetime.
+    return datetime.fromisoformat(value) if isinstance(value, str) else value
+
+
 def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
@@ -520,16 +525,25 @@ class Queue:
         by_status: dict[str, int] = {}
         for _, status, n in counts:
             by_status[status] = by_status.get(status, 0) + n
-        if isinstance(now, str):  # SQLite returns the expression's text unparsed
-            now = datetime.fromisoformat(now)
-        if isinstance(oldest, str):
-            oldest = datetime.fromisoformat(oldest)
+        now, oldest = _as_datetime(now), oldest and _as_datetime(oldest)
         return {
             "by_status": by_status,
             "by_operation": [{"operation": o, "status": s, "count": n} for o, s, n in counts],
             "oldest_queued_seconds": (now - oldest).total_seconds() if oldest else None,
             "recent_failures": [dict(r._mapping) for r in recent],
         }
+
+    def next_due_in(self) -> float | None:
+        """Seconds until the earliest queued request may be claimed (0 if one is due now),
+        or None when nothing is queued; by the database's clock."""
+        with self.engine.connect() as conn:
+            earliest, now = conn.execute(
+                select(func.min(outbox.c.available_at), utcnow())
+                .where(outbox.c.status == "queued")).one()
+        if earliest is None:
+            return None
+        earliest, now = _as_datetime(earliest), _as_datetime(now)
+        return max(0.0, (earliest - now).total_seconds())
 
     def wait(self, request_id: int, timeout: float, poll: float = 0.1) -> dict[str, Any]:
         """Block until the request is finished or ``timeout`` seconds pass; return the row."""

@@ -37,6 +37,8 @@ log = logging.getLogger("sqlbridge.worker")
 T = TypeVar("T")
 
 # SQL Server: 1205 deadlock victim, 1222 lock timeout; both mean "run the statement again".
+# With --once, a queued row due within this many seconds (a retry's backoff) is waited for.
+ONCE_HORIZON = 30.0
 _RETRYABLE_DB_CODES = ("1205", "1222", "40001", "database is locked")
 
 
@@ -194,7 +196,12 @@ class Worker:
                     idle_sleep = 0.05
                 elif not claims:
                     if once and not done:
-                        break
+                        due = self._db("next due", self.queue.next_due_in)
+                        # Wait for retries about to fall due; leave far-future rows queued.
+                        if due is None or due > ONCE_HORIZON:
+                            break
+                        self._stop.wait(min(max(due, 0.01), self.poll_interval))
+                        continue
                     self._stop.wait(idle_sleep)
                     idle_sleep = min(idle_sleep * 2, self.poll_interval)
 
