@@ -1,0 +1,92 @@
+"""Queue and worker benchmark: prints figures, asserts nothing (targets live here, not in tests).
+
+Measures, on the embedded default (SQLite file + the sandbox on 127.0.0.1):
+- enqueue rate through the validating Python path;
+- end-to-end throughput of one worker (claim -> HTTP -> finish) at a few sandbox latencies;
+- database round trips per request (statements the worker sent / requests finished);
+- peak resident memory of the process.
+
+Usage: .venv/bin/python scripts/bench_queue.py [--requests N] [--concurrency C]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+from sqlalchemy import event
+
+from sqlbridge.config import Settings, WorkerSettings
+from sqlbridge.db import make_engine
+from sqlbridge.install import install
+from sqlbridge.queue import Queue
+from sqlbridge.sandbox import Faults, Sandbox
+from sqlbridge.worker import Worker
+
+
+def count_statements(engine) -> list[int]:
+    counter = [0]
+
+    def before(*_args: object) -> None:
+        counter[0] += 1
+
+    event.listen(engine, "before_cursor_execute", before)
+    return counter
+
+
+def bench(requests: int, concurrency: int, latency_ms: float, workdir: Path) -> dict[str, float]:
+    url = f"sqlite:///{workdir / f'bench-{latency_ms:g}.db'}"
+    engine = make_engine(url)
+    install(engine)
+    with Sandbox(faults=Faults(latency_ms=latency_ms), seed=1) as sb:
+        settings = Settings(database_url=url, accounts={"default": sb.account("default")},
+                            worker=dataclasses.replace(WorkerSettings(), concurrency=concurrency,
+                                                       batch=100, poll_interval=0.05))
+        queue = Queue(engine, settings)
+        t0 = time.perf_counter()
+        for i in range(requests):
+            queue.enqueue("chat.sendmessage", {"platform": "whatsapp", "platformid": "100",
+                                               "destination": f"3460000{i % 50:04d}",
+                                               "message": f"bench {i} olá 😀"})
+        enqueue_s = time.perf_counter() - t0
+        statements = count_statements(engine)
+        t0 = time.perf_counter()
+        stats = Worker(settings, engine, schedules=False).run(once=True)
+        run_s = time.perf_counter() - t0
+    engine.dispose()
+    return {
+        "latency_ms": latency_ms,
+        "enqueue_per_s": requests / enqueue_s,
+        "worker_per_s": stats.succeeded / run_s,
+        "succeeded": stats.succeeded,
+        "statements_per_request": statements[0] / max(1, stats.succeeded),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=16)
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for latency in (0.0, 20.0):
+            rows.append(bench(args.requests, args.concurrency, latency, Path(tmp)))
+    print(f"queue benchmark: {args.requests} chat.sendmessage requests, "
+          f"concurrency {args.concurrency}, SQLite + sandbox on 127.0.0.1")
+    print(f"{'sandbox latency':>16} {'enqueue/s':>10} {'worker req/s':>13} "
+          f"{'succeeded':>10} {'DB statements/request':>22}")
+    for r in rows:
+        print(f"{r['latency_ms']:>14.0f}ms {r['enqueue_per_s']:>10.0f} "
+              f"{r['worker_per_s']:>13.0f} {r['succeeded']:>10.0f} "
+              f"{r['statements_per_request']:>22.2f}")
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak resident memory: {peak_mb:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
