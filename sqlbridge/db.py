@@ -38,7 +38,6 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
 
@@ -49,12 +48,15 @@ def _sqlite_begin(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def make_engine(url: str, *, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS,
+                **kwargs: Any) -> Engine:
+    """An engine for ``url``. ``busy_timeout_ms`` (SQLite): how long a statement waits for
+    another process's write lock before failing with "database is locked"."""
     backend = dialect_name(url)
     if backend == "sqlite":
         engine = create_engine(
             url,
-            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "isolation_level": None,
+            connect_args={"timeout": busy_timeout_ms / 1000, "isolation_level": None,
                           "check_same_thread": False},
             execution_options={"schema_translate_map": {SCHEMA: None}},
             **kwargs,
