@@ -1,0 +1,57 @@
+"""Faults the sandbox can inject: random by rate (load tests, demos) or scripted (tests that
+need exactly "the next two calls answer 503")."""
+
+from __future__ import annotations
+
+import random
+import threading
+from dataclasses import dataclass
+
+KINDS = ("503", "500", "502", "429", "timeout", "drop", "html", "empty", "badjson")
+
+
+@dataclass
+class Faults:
+    latency_ms: float = 0.0
+    error_rate: float = 0.0  # HTTP 503
+    rate_limit_rate: float = 0.0  # HTTP 429 with Retry-After: 1
+    timeout_rate: float = 0.0  # answer only after timeout_seconds
+    drop_rate: float = 0.0  # close the connection without an answer
+    malformed_rate: float = 0.0  # HTTP 200 with an HTML page
+    empty_rate: float = 0.0  # HTTP 200 with no body
+    timeout_seconds: float = 5.0
+    seed: int | None = None
+
+
+class FaultPlan:
+    """Decides the fault (if any) for each API request, thread-safely and reproducibly."""
+
+    def __init__(self, faults: Faults) -> None:
+        self.faults = faults
+        self._rng = random.Random(faults.seed)
+        self._lock = threading.Lock()
+        self._scripted: list[list[object]] = []  # [remaining, kind, path_contains]
+
+    def fail_next(self, n: int, kind: str, path_contains: str | None = None) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"unknown fault kind {kind!r}; allowed: {', '.join(KINDS)}")
+        with self._lock:
+            self._scripted.append([n, kind, path_contains])
+
+    def choose(self, path: str) -> str | None:
+        with self._lock:
+            for entry in self._scripted:
+                remaining, kind, needle = entry
+                if int(remaining) > 0 and (needle is None or str(needle) in path):  # type: ignore[call-overload]
+                    entry[0] = int(remaining) - 1  # type: ignore[call-overload]
+                    return str(kind)
+            self._scripted = [e for e in self._scripted if int(e[0]) > 0]  # type: ignore[call-overload]
+            f = self.faults
+            draw = self._rng.random()
+            for rate, kind in ((f.error_rate, "503"), (f.rate_limit_rate, "429"),
+                               (f.timeout_rate, "timeout"), (f.drop_rate, "drop"),
+                               (f.malformed_rate, "html"), (f.empty_rate, "empty")):
+                if draw < rate:
+                    return kind
+                draw -= rate
+            return None

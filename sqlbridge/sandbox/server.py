@@ -1,0 +1,319 @@
+"""The sandbox HTTP server: routes, faults, and the ``Sandbox`` handle tests hold.
+
+Standard library only (ThreadingHTTPServer, HTTP/1.1 keep-alive) and bound to 127.0.0.1 by
+default: it exists so that the demo, the tests and the benchmarks make real HTTP calls without
+ever leaving the machine.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from ..config import Account, _account
+from . import afilnet, anna
+from .faults import FaultPlan, Faults
+from .state import State, seeded
+
+SANDBOX_AFILNET_USER = "demo@example.com"
+SANDBOX_AFILNET_PASSWORD = "sandbox-pass-4417"
+SANDBOX_ANNA_COMPANY_HASH = "SANDBOXCOMPANY9"
+SANDBOX_ANNA_USER = "anna-user"
+SANDBOX_ANNA_PASSWORD = "anna-pass-8812"
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    sandbox: Sandbox
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, *_args: Any) -> None:  # tests and demos stay quiet
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self._dispatch()
+
+    do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_GET  # noqa: N815
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    def _send(self, status: int, body: bytes, content_type: str = "application/json",
+              headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, status: int, value: Any, headers: dict[str, str] | None = None) -> None:
+        self._send(status, json.dumps(value, ensure_ascii=False).encode("utf-8"),
+                   "application/json; charset=utf-8", headers)
+
+    def _fault(self, kind: str) -> bool:
+        """Apply a fault; True when the request is fully handled (or dropped)."""
+        sb = self.server.sandbox
+        if kind == "timeout":
+            time.sleep(sb.faults.timeout_seconds)
+            return False
+        if kind == "drop":
+            self.close_connection = True
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            return True
+        if kind in ("503", "500", "502", "429"):
+            retry = {"Retry-After": "1"} if kind in ("429", "503") else {}
+            self._send(int(kind), f'{{"error": "sandbox fault {kind}"}}'.encode(),
+                       headers=retry)
+        elif kind == "html":
+            self._send(200, b"<html><body><h1>502 Bad Gateway</h1></body></html>",
+                       "text/html")
+        elif kind == "empty":
+            self._send(200, b"")
+        elif kind == "badjson":
+            self._send(200, b'{"status":')
+        return True
+
+    def _dispatch(self) -> None:
+        sb = self.server.sandbox
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        parts = urlsplit(self.path)
+        path = parts.path.lstrip("/")
+        if path.startswith("_sandbox/"):
+            self._admin(path.removeprefix("_sandbox/"), raw)
+            return
+        sb.record(path)
+        if sb.faults.latency_ms:
+            time.sleep(sb.faults.latency_ms / 1000)
+        kind = sb.plan.choose(path)
+        if kind and self._fault(kind):
+            return
+        if path in ("api/http/", "api/http", "api/basic/", "api/basic"):
+            self._afilnet(path.startswith("api/basic"), parts.query, raw)
+        elif path.startswith("anna/"):
+            self._anna(path.removeprefix("anna/"), raw)
+        elif path == "echo" or path.startswith("echo/"):
+            self._echo(parts, raw)
+        elif path.startswith("status/") and path[7:].isdigit():
+            code = int(path[7:])
+            self._json(code, {"status": code},
+                       {"Retry-After": "1"} if code in (429, 503) else None)
+        else:
+            self._json(404, {"error": f"no such path /{path}"})
+
+    # -- the APIs -----------------------------------------------------------------------------
+
+    def _afilnet(self, basic: bool, query: str, raw: bytes) -> None:
+        sb = self.server.sandbox
+        form = dict(parse_qsl(query, keep_blank_values=True))
+        if raw:
+            form.update(parse_qsl(raw.decode("utf-8"), keep_blank_values=True))
+        if basic:
+            user = password = None
+            header = self.headers.get("Authorization", "")
+            if header.startswith("Basic "):
+                try:
+                    user, _, password = base64.b64decode(header[6:]).decode().partition(":")
+                except ValueError:
+                    user = password = None
+        else:
+            user, password = form.get("user"), form.get("password")
+        ok, err = ("SUCCESS", "ERROR") if sb.status_case == "upper" else ("success", "error")
+        try:
+            result = afilnet.handle(sb.state, form, user, password,
+                                    (SANDBOX_AFILNET_USER, SANDBOX_AFILNET_PASSWORD))
+        except afilnet.AfilnetError as exc:
+            self._json(200, {"status": err, "error": exc.code})
+            return
+        body: dict[str, Any] = {"status": ok}
+        if isinstance(result, list):
+            body["result"] = result if sb.list_shape == "array" else {"list": result}
+        elif result is not None:
+            body["result"] = result
+        self._json(200, body)
+
+    def _anna(self, path: str, raw: bytes) -> None:
+        sb = self.server.sandbox
+        if self.command != "POST":
+            self._json(405, {"success": False, "message": "Use POST"})
+            return
+        try:
+            body = json.loads(raw or b"{}")
+            if not isinstance(body, dict):
+                raise ValueError
+        except ValueError:
+            self._json(400, {"success": False, "message": "JSON inválido"})
+            return
+        if path == anna.TOKEN_PATH:
+            self._json(200, anna.get_token(
+                sb.state, body, (SANDBOX_ANNA_COMPANY_HASH, SANDBOX_ANNA_USER,
+                                 SANDBOX_ANNA_PASSWORD), sb.token_ttl, sb.expires_in_format))
+            return
+        header = self.headers.get("Authorization", "")
+        if not (header.startswith("Bearer ") and sb.state.token_valid(header[7:])):
+            self._json(401, {"success": False, "message": "Token inválido ou expirado"})
+            return
+        if not path.startswith("REST/AnnACorporate/"):
+            self._json(404, {"success": False, "message": "Endpoint não encontrado"})
+            return
+        self._json(200, anna.handle(sb.state, path.removeprefix("REST/AnnACorporate/"), body,
+                                    SANDBOX_ANNA_COMPANY_HASH, sb.url))
+
+    def _echo(self, parts: Any, raw: bytes) -> None:
+        text = raw.decode("utf-8", "replace")
+        try:
+            parsed = json.loads(text) if text else None
+        except ValueError:
+            parsed = None
+        self._json(200, {"method": self.command, "path": parts.path, "query": parts.query,
+                         "headers": dict(self.headers.items()), "body": text, "json": parsed})
+
+    def _admin(self, what: str, raw: bytes) -> None:
+        sb = self.server.sandbox
+        body = json.loads(raw or b"{}")
+        if what == "incoming":
+            mid = sb.state.add_incoming_message(body["platform"], body["platformid"],
+                                                body["destination"], body["text"])
+            self._json(200, {"messageid": mid})
+        elif what == "faults":
+            for key, value in body.items():
+                setattr(sb.faults, key, value)
+            self._json(200, {"ok": True})
+        elif what == "reset":
+            sb.state = seeded()
+            self._json(200, {"ok": True})
+        else:
+            self._json(404, {"error": f"unknown admin action {what}"})
+
+
+class Sandbox:
+    """A running sandbox: ``with Sandbox() as sb: …`` or ``start()`` / ``stop()``."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, faults: Faults | None = None,
+                 seed: int | None = None, token_ttl: float = 3600,
+                 expires_in_format: str = "seconds", status_case: str = "upper",
+                 list_shape: str = "object") -> None:
+        self.host, self.port = host, port
+        self.faults = faults or Faults(seed=seed)
+        self.plan = FaultPlan(self.faults)
+        self.state: State = seeded(seed)
+        self.token_ttl = token_ttl
+        self.expires_in_format = expires_in_format
+        self.status_case = status_case
+        self.list_shape = list_shape
+        self.requests_seen: list[str] = []
+        self._seen_lock = threading.Lock()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def record(self, path: str) -> None:
+        with self._seen_lock:
+            self.requests_seen.append(path)
+
+    def fail_next(self, n: int, kind: str, path_contains: str | None = None) -> None:
+        self.plan.fail_next(n, kind, path_contains)
+
+    @property
+    def faults(self) -> Faults:
+        return self._faults
+
+    @faults.setter
+    def faults(self, value: Faults) -> None:
+        self._faults = value
+        if hasattr(self, "plan"):
+            self.plan.faults = value
+
+    def start(self) -> Sandbox:
+        self._server = _Server((self.host, self.port), _Handler)
+        self._server.sandbox = self
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        kwargs={"poll_interval": 0.1}, daemon=True,
+                                        name="sqlbridge-sandbox")
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> Sandbox:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/"
+
+    @property
+    def afilnet_post_url(self) -> str:
+        return self.url + "api/http/"
+
+    @property
+    def afilnet_basic_url(self) -> str:
+        return self.url + "api/basic/"
+
+    @property
+    def anna_url(self) -> str:
+        return self.url + "anna/"
+
+    @property
+    def echo_url(self) -> str:
+        return self.url + "echo"
+
+    def account(self, name: str = "default", auth: str = "post") -> Account:
+        """Settings of an account that points at this sandbox, with its credentials."""
+        return _account(name, {
+            "afilnet": {"url": self.afilnet_basic_url if auth == "basic"
+                        else self.afilnet_post_url, "user": SANDBOX_AFILNET_USER,
+                        "password": SANDBOX_AFILNET_PASSWORD, "auth": auth,
+                        "read_timeout": 10},
+            "anna": {"url": self.anna_url, "company_hash": SANDBOX_ANNA_COMPANY_HASH,
+                     "user": SANDBOX_ANNA_USER, "password": SANDBOX_ANNA_PASSWORD,
+                     "read_timeout": 10},
+            "http": {"allowed_hosts": [self.host], "read_timeout": 10},
+        })
+
+
+def serve(host: str = "127.0.0.1", port: int = 8780, faults: Faults | None = None,
+          seed: int | None = None) -> None:
+    """Run a sandbox in the foreground until interrupted (the ``sqlbridge sandbox`` command)."""
+    sb = Sandbox(host, port, faults=faults, seed=seed).start()
+    print(f"sandbox listening on {sb.url}")
+    print(f"  Afilnet (POST form):  {sb.afilnet_post_url}")
+    print(f"  Afilnet (Basic auth): {sb.afilnet_basic_url}")
+    print(f"  AnnA base URL:        {sb.anna_url}")
+    print(f"  echo (http.request):  {sb.echo_url}")
+    print("credentials for a sqlbridge account (sandbox only, not secrets):")
+    print(f"  SQLBRIDGE_AFILNET_URL={sb.afilnet_post_url} SQLBRIDGE_AFILNET_USER="
+          f"{SANDBOX_AFILNET_USER} SQLBRIDGE_AFILNET_PASSWORD={SANDBOX_AFILNET_PASSWORD}")
+    print(f"  SQLBRIDGE_ANNA_URL={sb.anna_url} SQLBRIDGE_ANNA_COMPANY_HASH="
+          f"{SANDBOX_ANNA_COMPANY_HASH} SQLBRIDGE_ANNA_USER={SANDBOX_ANNA_USER} "
+          f"SQLBRIDGE_ANNA_PASSWORD={SANDBOX_ANNA_PASSWORD}")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sb.stop()
