@@ -29,13 +29,13 @@ LONG_TEXT = ("Mensagem longa: " + "0123456789 áéíóú ç € 😀 & # % " * 3
 PHASE_1: list[tuple[str, dict[str, Any], str]] = [
     ("chat.getchatchannels", {}, "channels into chat_channel"),
     ("chat.sendmessage", {"platform": "whatsapp", "platformid": "100",
-                          "destination": "34600000001", "message": UNICODE_TEXT},
+                          "destination": "34600001000", "message": UNICODE_TEXT},
      "& # % accents and an emoji, intact"),
     ("chat.sendmessage", {"platform": "whatsapp", "platformid": "100",
-                          "destination": "34600000001", "message": LONG_TEXT},
+                          "destination": "34600001000", "message": LONG_TEXT},
      f"{len(LONG_TEXT)} characters (sp_OA* cuts at 8,000)"),
     ("chat.sendfile", {"platform": "whatsapp", "platformid": "100",
-                       "destination": "34600000001", "type": "image",
+                       "destination": "34600001000", "type": "image",
                        "fileurl": "https://example.com/photo.jpg",
                        "thumburl": "https://example.com/thumb.jpg", "message": "Foto 📷"},
      "a file with a caption"),
@@ -56,9 +56,9 @@ PHASE_1: list[tuple[str, dict[str, Any], str]] = [
 PHASE_2: list[tuple[str, dict[str, Any], str]] = [
     ("chat.getchats", {"platform": "whatsapp", "platformid": "100"}, "chats into chat"),
     ("chat.getunreadmessages", {"platform": "whatsapp", "platformid": "100",
-                                "destination": "34600000001"}, "unread incoming messages"),
+                                "destination": "34600001000"}, "unread incoming messages"),
     ("chat.getmessages", {"platform": "whatsapp", "platformid": "100",
-                          "destination": "34600000001"}, "the chat, with what was sent"),
+                          "destination": "34600001000"}, "the chat, with what was sent"),
     ("messenger.alertcounter", {"userId": "1001"}, "open requests awaiting user 1001"),
     ("messenger.requests", {"userId": "1001", "dataIni": "01/01/2024", "dataFim": "31/12/2024"},
      "user 1001's requests of 2024"),
@@ -113,6 +113,9 @@ def run(database_url: str = "sqlite:///sqlbridge-demo.db", *, fresh: bool = True
             echo(f"{rid:>3}  {row['operation']:<24} {row['status']:<10} "
                  f"{row['http_status'] or '':<5} {row['error_code'] or '':<26} {why}")
 
+        intact = text_round_trip(engine)
+        echo(f"\ntext check: {intact} of 2 tricky messages (& # % accents emoji; "
+             f"{len(LONG_TEXT)} characters) read back from chat_message exactly as sent")
         counts = table_counts(engine)
         echo("\nrows in the inbox tables:")
         for name, n in counts.items():
@@ -121,7 +124,7 @@ def run(database_url: str = "sqlite:///sqlbridge-demo.db", *, fresh: bool = True
              " 'SELECT id, operation, status, error_code FROM outbox'")
         echo("or: sqlbridge status --database-url " + database_url)
     engine.dispose()
-    return {"requests": results, "counts": counts, "synced": synced}
+    return {"requests": results, "counts": counts, "synced": synced, "intact": intact}
 
 
 def _scheduled_sync(settings: Settings, engine: Any, echo: Callable[[str], None]) -> Any:
@@ -134,6 +137,14 @@ def _scheduled_sync(settings: Settings, engine: Any, echo: Callable[[str], None]
     add(engine, "demo-chat-sync", "sync.chats", {}, "5m")
     echo("schedule 'demo-chat-sync' (sync.chats every 5m) added; running the worker...")
     return Worker(settings, engine).run(once=True)
+
+
+def text_round_trip(engine: Any) -> int:
+    """How many of the two texts sp_OA* would break came back from the API unchanged."""
+    m = schema.chat_message
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(m)
+                            .where(m.c.message.in_([UNICODE_TEXT, LONG_TEXT]))).scalar_one()
 
 
 def table_counts(engine: Any) -> dict[str, int]:

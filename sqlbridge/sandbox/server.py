@@ -8,6 +8,7 @@ ever leaving the machine.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import socket
 import threading
@@ -71,10 +72,8 @@ class _Handler(BaseHTTPRequestHandler):
             return False
         if kind == "drop":
             self.close_connection = True
-            try:
+            with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             return True
         if kind in ("503", "500", "502", "429"):
             retry = {"Retry-After": "1"} if kind in ("429", "503") else {}
