@@ -11,7 +11,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import func, insert, select
@@ -25,7 +24,6 @@ from sqlbridge.sandbox import (
     SANDBOX_ANNA_COMPANY_HASH,
     SANDBOX_ANNA_PASSWORD,
     SANDBOX_ANNA_USER,
-    Faults,
     Sandbox,
 )
 from sqlbridge.schema import outbox, outbox_attempt
