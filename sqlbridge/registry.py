@@ -396,6 +396,9 @@ def _check_value(op: Operation, p: Param, value: Any) -> Any:
 
     if p.aliases:
         value = p.aliases.get(value, p.aliases.get(value.lower(), value))
+    if p.allowed:
+        # Case-insensitive, like SQL Server's default collation: 'WhatsApp' means whatsapp.
+        value = {a.lower(): a for a in p.allowed}.get(value.lower(), value)
     if p.allowed and value not in p.allowed:
         raise fail(p.error_code, allowed=", ".join(p.allowed), got=_shorten(value))
     if p.max_length is not None and len(value) > p.max_length:
