@@ -3,25 +3,45 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, delete
 
 from sqlbridge.config import Settings, WorkerSettings
 from sqlbridge.db import make_engine
 from sqlbridge.install import install
 from sqlbridge.queue import Queue
+from sqlbridge.schema import metadata
+
+MSSQL_URL = os.environ.get("SQLBRIDGE_TEST_MSSQL_URL")
+NO_MSSQL = "SQLBRIDGE_TEST_MSSQL_URL not set: no SQL Server to test against"
+# The queue, worker and CLI suites run on every backend there is: SQLite always, SQL Server
+# when SQLBRIDGE_TEST_MSSQL_URL names one (scripts/test-mssql starts one in Docker).
+BACKENDS = ["sqlite"] + (["mssql"] if MSSQL_URL else [])
 
 # Retries in tests wait milliseconds, not the production seconds.
 FAST_WORKER = WorkerSettings(concurrency=4, batch=20, poll_interval=0.05, lease_seconds=5,
                              max_attempts=3, backoff_base=0.05, backoff_max=0.2)
 
 
-@pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'sqlbridge.db'}"
+@pytest.fixture(params=BACKENDS)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'sqlbridge.db'}"
+    if request.node.get_closest_marker("sqlite_only"):
+        pytest.skip("this test checks SQLite-specific behaviour")
+    assert MSSQL_URL
+    eng = make_engine(MSSQL_URL)
+    install(eng)
+    with eng.begin() as conn:  # every test starts from empty tables
+        for table in reversed(metadata.sorted_tables):
+            if table.name != "schema_version":
+                conn.execute(delete(table))
+    eng.dispose()
+    return MSSQL_URL
 
 
 @pytest.fixture

@@ -32,15 +32,15 @@ def test_enqueue_prints_the_id_and_status_counts_it(db_url: str) -> None:
     run("install", "--database-url", db_url)
     code, out, _ = run("enqueue", "chat.getchats", "-p", "platform=whatsapp",
                        "-p", "platformid=100", "--database-url", db_url)
-    assert code == 0 and out.strip() == "1"
+    assert code == 0 and out.strip().isdigit()
     code, out, _ = run("enqueue", "messenger.requests", "--json",
                        '{"userId": "1001", "messengerFilters": {"status": "A"}}',
                        "--request-key", "k", "--database-url", db_url)
-    assert out.strip() == "2"
+    second = out.strip()
     code, out, _ = run("status", "--json", "--database-url", db_url)
     status = json.loads(out)
     assert status["by_status"] == {"queued": 2}
-    code, out, _ = run("show", "2", "--json", "--database-url", db_url)
+    code, out, _ = run("show", second, "--json", "--database-url", db_url)
     assert json.loads(json.loads(out)["params"]) == {"userId": "1001",
                                                      "messengerFilters": {"status": "A"}}
 
@@ -72,12 +72,12 @@ def test_wait_that_times_out_exits_6(db_url: str) -> None:
 
 def test_cancel_retry_and_show_of_unknown_or_wrong_state_requests_exit_5(db_url: str) -> None:
     run("install", "--database-url", db_url)
-    run("enqueue", "chat.getchatchannels", "--database-url", db_url)
-    assert run("cancel", "1", "--database-url", db_url)[0] == 0
-    code, _, err = run("cancel", "1", "--database-url", db_url)
+    rid = run("enqueue", "chat.getchatchannels", "--database-url", db_url)[1].strip()
+    assert run("cancel", rid, "--database-url", db_url)[0] == 0
+    code, _, err = run("cancel", rid, "--database-url", db_url)
     assert code == EXIT_NOT_FOUND and "only queued requests" in err
-    assert run("retry", "1", "--database-url", db_url)[0] == 0
-    assert run("show", "99", "--database-url", db_url)[0] == EXIT_NOT_FOUND
+    assert run("retry", rid, "--database-url", db_url)[0] == 0
+    assert run("show", "999999", "--database-url", db_url)[0] == EXIT_NOT_FOUND
 
 
 def test_purge_takes_a_readable_age(db_url: str) -> None:
