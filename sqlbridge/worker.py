@@ -158,6 +158,10 @@ class Worker:
         idle_sleep = 0.05
         next_recovery = 0.0
         next_schedules = 0.0
+        fan_out = functools.partial(sync.followups, self.engine)
+        if self.schedules and self.settings.schedules:
+            self._db("schedules from settings", lambda: sync.bootstrap(self.engine,
+                                                                        self.settings))
         pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="sqlbridge-call")
         log.info("worker %s started: concurrency %d, batch %d", self.id, self.concurrency,
                  self.batch)
@@ -183,7 +187,7 @@ class Worker:
                 for c in claims:
                     tokens.setdefault(c.lease_token, now)
                     inflight[pool.submit(attempt.run, c, settings=self.settings, call=call,
-                                         worker=self.id, followups=sync.followups)] = c
+                                         worker=self.id, followups=fan_out)] = c
                 self.stats.claimed += len(claims)
 
                 if inflight:
