@@ -324,25 +324,13 @@ def worker(ctx: Context, once: bool, concurrency: int | None, batch: int | None,
                f"{stats.retried} to retry, {stats.uncertain} uncertain")
 
 
-def _register_optional() -> None:
-    """Commands that live in their own modules (sandbox, demo, schedules, sync, doctor)."""
-    import importlib
+# Commands kept in their own modules; they use ``common`` from this one, hence the late import.
+from .commands import demo, doctor, sandbox  # noqa: E402
+from .schedule_cli import schedule, sync, take  # noqa: E402
 
-    for module, names in (("sqlbridge.commands", ("sandbox", "demo", "doctor")),
-                          ("sqlbridge.schedule_cli", ("schedule", "sync", "take"))):
-        try:
-            mod = importlib.import_module(module)
-        except ImportError as exc:
-            if exc.name and exc.name.startswith(module):
-                continue
-            raise
-        for name in names:
-            cmd = getattr(mod, name, None)
-            if cmd is not None:
-                main.add_command(cmd)
+for _command in (sandbox, demo, doctor, schedule, sync, take):
+    main.add_command(_command)
 
-
-_register_optional()
 
 if __name__ == "__main__":
     main()

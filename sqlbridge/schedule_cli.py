@@ -1,0 +1,119 @@
+"""Commands for scheduled sync: ``schedule add|list|remove|run-now``, ``sync`` and ``take``."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from . import messages
+from . import sync as sync_mod
+from .cli import Context, _parse_param, _print_json, _table, common
+
+
+@click.group()
+def schedule() -> None:
+    """Schedules that make the worker sync on a timer."""
+
+
+@schedule.command("add")
+@click.argument("name")
+@click.argument("operation")
+@click.option("--param", "-p", "param", multiple=True, metavar="NAME=VALUE")
+@click.option("--json", "json_text", help="Parameters (or sync options) as a JSON object.")
+@click.option("--interval", default="5m", show_default=True, help="30s, 5m, 1h, 1d or seconds.")
+@click.option("--account", default="default", show_default=True)
+@click.option("--disabled", is_flag=True, help="Create it switched off.")
+@click.option("--max-children", type=click.IntRange(0, 1_000_000), default=1000,
+              show_default=True, help="Most requests one run may fan out into.")
+@common
+def add(ctx: Context, name: str, operation: str, param: tuple[str, ...], json_text: str | None,
+        interval: str, account: str, disabled: bool, max_children: int) -> None:
+    """Create or update schedule NAME running OPERATION (or sync.chats)."""
+    params: dict[str, Any] = _parse_param(param, json_text)
+    if "unread_only" in params and isinstance(params["unread_only"], str):
+        params["unread_only"] = params["unread_only"].lower() in ("1", "true", "yes")
+    sid = sync_mod.add_schedule(ctx.engine, name, operation, params, interval, account=account,
+                                enabled=not disabled, max_children=max_children)
+    click.echo(f"schedule {name} (id {sid}) saved")
+
+
+@schedule.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@common
+def list_(ctx: Context, as_json: bool) -> None:
+    """Every schedule with its next run and how its last run stands."""
+    rows = sync_mod.list_schedules(ctx.engine)
+    if as_json:
+        _print_json(rows)
+        return
+    if not rows:
+        click.echo("no schedules")
+        return
+    for r in rows:
+        r["last_run_state"] = ", ".join(f"{k} {v}" for k, v in sorted(r["last_run"].items()))
+    click.echo(_table(rows, ["name", "operation", "account", "interval_seconds", "enabled",
+                             "next_run_at", "last_run_at", "last_run_state", "last_error"]))
+
+
+@schedule.command("remove")
+@click.argument("name")
+@common
+def remove(ctx: Context, name: str) -> None:
+    """Delete schedule NAME (requests it already queued stay)."""
+    sync_mod.remove_schedule(ctx.engine, name)
+    click.echo(f"schedule {name} removed")
+
+
+@schedule.command("run-now")
+@click.argument("name")
+@common
+def run_now(ctx: Context, name: str) -> None:
+    """Make schedule NAME due now; a running worker starts it within a second."""
+    sync_mod.run_now(ctx.engine, name)
+    click.echo(f"schedule {name} is due now")
+
+
+@click.command()
+@click.option("--account", default="default", show_default=True)
+@click.option("--unread-only", is_flag=True, help="Fetch unread messages only.")
+@common
+def sync(ctx: Context, account: str, unread_only: bool) -> None:
+    """Run one full chat sync now (channels, chats, messages) and summarise the tables."""
+    tty = sys.stdout.isatty()
+    seen = {"done": -1}
+
+    def progress(done: int, total: int) -> None:
+        if done != seen["done"]:
+            seen["done"] = done
+            end = "\r" if tty else "\n"
+            click.echo(f"sync: {done}/{total} requests finished", nl=False)
+            click.echo(end, nl=False)
+
+    summary = sync_mod.sync_now(ctx.settings, ctx.engine, account=account,
+                                unread_only=unread_only, progress=progress)
+    if tty:
+        click.echo("")
+    click.echo(f"sync finished in {summary.seconds:.1f}s: " + ", ".join(
+        f"{k} {v}" for k, v in sorted(summary.requests.items())))
+    rows = [{"table": t, **c} for t, c in summary.tables.items()]
+    click.echo(_table(rows, ["table", "inserted", "updated"]))
+    if summary.requests.get("failed") or summary.requests.get("uncertain"):
+        sys.exit(1)
+
+
+@click.command()
+@click.option("--consumer", required=True, help="Who takes them (stored as taken_by).")
+@click.option("--max", "limit", type=click.IntRange(1, 10000), default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@common
+def take(ctx: Context, consumer: str, limit: int, as_json: bool) -> None:
+    """Take incoming messages nobody has taken yet (each goes to one consumer, once)."""
+    rows = messages.take_messages(ctx.engine, consumer, limit)
+    if as_json:
+        _print_json(rows)
+    elif rows:
+        click.echo(_table(rows, ["id", "platform", "platformid", "destination", "message"]))
+    else:
+        click.echo("no new messages")
