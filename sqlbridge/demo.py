@@ -136,7 +136,19 @@ def _scheduled_sync(settings: Settings, engine: Any, echo: Callable[[str], None]
         return None
     add(engine, "demo-chat-sync", "sync.chats", {}, "5m")
     echo("schedule 'demo-chat-sync' (sync.chats every 5m) added; running the worker...")
-    return Worker(settings, engine).run(once=True)
+    stats = Worker(settings, engine).run(once=True)
+    echo(f"scheduled sync: {stats.succeeded} requests succeeded, {stats.failed} failed "
+         "(channels -> chats per channel -> messages per chat)")
+    m = schema.chat_message
+    with engine.connect() as conn:
+        sample = conn.execute(select(m.c.platform, m.c.destination, m.c.sent, m.c.unread,
+                                     m.c.message).order_by(m.c.id).limit(6)).all()
+    echo("synced messages (first 6 of chat_message):")
+    for platform, destination, sent, unread, text in sample:
+        direction = "out" if sent else "in "
+        echo(f"  {platform:<9} {destination:<12} {direction} {'unread' if unread else '      '}"
+             f" {text[:50]!r}")
+    return stats
 
 
 def text_round_trip(engine: Any) -> int:
