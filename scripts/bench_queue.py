@@ -2,7 +2,8 @@
 
 Measures, on the embedded default (SQLite file + the sandbox on 127.0.0.1):
 - enqueue rate through the validating Python path;
-- end-to-end throughput of one worker (claim -> HTTP -> finish) at a few sandbox latencies;
+- end-to-end throughput of one worker (claim -> HTTP -> finish) at a few sandbox latencies,
+  the sandbox running in a separate process;
 - database round trips per request (statements the worker sent / requests finished);
 - peak resident memory of the process.
 
@@ -12,10 +13,16 @@ Usage: .venv/bin/python scripts/bench_queue.py [--requests N] [--concurrency C]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import resource
+import signal
+import socket
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from sqlalchemy import event
@@ -24,8 +31,34 @@ from sqlbridge.config import Settings, WorkerSettings
 from sqlbridge.db import make_engine
 from sqlbridge.install import install
 from sqlbridge.queue import Queue
-from sqlbridge.sandbox import Faults, Sandbox
+from sqlbridge.sandbox import Sandbox
 from sqlbridge.worker import Worker
+
+
+@contextlib.contextmanager
+def sandbox_process(latency_ms: float) -> Iterator[Sandbox]:
+    """The sandbox in its own process, so it does not share the worker's GIL: the figures
+    then measure sqlbridge, not a Python HTTP server fighting it for one core."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "sqlbridge", "sandbox", "--port", str(port),
+                             "--latency-ms", str(latency_ms)], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        handle = Sandbox(port=port)  # not started: only its URLs and credentials are used
+        yield handle
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=10)
 
 
 def count_statements(engine) -> list[int]:
@@ -42,7 +75,7 @@ def bench(requests: int, concurrency: int, latency_ms: float, workdir: Path) -> 
     url = f"sqlite:///{workdir / f'bench-{latency_ms:g}.db'}"
     engine = make_engine(url)
     install(engine)
-    with Sandbox(faults=Faults(latency_ms=latency_ms), seed=1) as sb:
+    with sandbox_process(latency_ms) as sb:
         settings = Settings(database_url=url, accounts={"default": sb.account("default")},
                             worker=dataclasses.replace(WorkerSettings(), concurrency=concurrency,
                                                        batch=100, poll_interval=0.05))

@@ -37,6 +37,8 @@ log = logging.getLogger("sqlbridge.worker")
 T = TypeVar("T")
 
 # SQL Server: 1205 deadlock victim, 1222 lock timeout; both mean "run the statement again".
+# Longest a finished result waits in memory before it is written.
+FLUSH_INTERVAL = 0.1
 # With --once, a queued row due within this many seconds (a retry's backoff) is waited for.
 ONCE_HORIZON = 30.0
 _RETRYABLE_DB_CODES = ("1205", "1222", "40001", "database is locked")
@@ -156,6 +158,7 @@ class Worker:
         done: list[Completion] = []
         tokens: dict[str, float] = {}  # lease token -> when it was last renewed
         idle_sleep = 0.05
+        last_flush = time.monotonic()
         next_recovery = 0.0
         next_schedules = 0.0
         fan_out = functools.partial(sync.followups, self.engine)
@@ -181,7 +184,9 @@ class Worker:
 
                 free = self.concurrency - len(inflight)
                 claims: list[Claimed] = []
-                if free > 0:
+                # Claim in batches: refill when half the slots are free (or all are idle),
+                # not one row per finished call, so each claim statement carries many rows.
+                if free > 0 and (not inflight or free >= max(1, self.concurrency // 2)):
                     claims = self._db("claim", functools.partial(
                         self.queue.claim, self.id, min(free, self.batch), self.lease)) or []
                 for c in claims:
@@ -209,8 +214,12 @@ class Worker:
                     self._stop.wait(idle_sleep)
                     idle_sleep = min(idle_sleep * 2, self.poll_interval)
 
-                if done:
+                # Write results in batches too: when half the pool has finished, when a short
+                # while has passed, or when nothing else is running.
+                if done and (len(done) >= max(1, self.concurrency // 2) or not inflight
+                             or time.monotonic() - last_flush >= FLUSH_INTERVAL):
                     self._flush(done, writer)
+                    last_flush = time.monotonic()
                 self._renew(tokens, inflight)
         finally:
             self._shutdown(pool, inflight, done, writer)
