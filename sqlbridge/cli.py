@@ -330,7 +330,3 @@ from .schedule_cli import schedule, sync, take  # noqa: E402
 
 for _command in (sandbox, demo, doctor, schedule, sync, take):
     main.add_command(_command)
-
-
-if __name__ == "__main__":
-    main()

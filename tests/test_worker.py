@@ -67,7 +67,7 @@ def worker_env(sb: Sandbox, db_url: str) -> dict[str, str]:
 
 def start_worker(sb: Sandbox, db_url: str, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "sqlbridge.cli", "worker", "--no-schedules",
+        [sys.executable, "-m", "sqlbridge", "worker", "--no-schedules",
          "--poll-interval", "0.1", *args],
         env=worker_env(sb, db_url), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
