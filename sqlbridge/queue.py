@@ -473,25 +473,24 @@ class Queue:
         return out
 
     def cancel(self, request_id: int, reason: str = "cancelled by an operator") -> None:
-        with self.engine.begin() as conn:
-            if conn.execute(_cancel_statement(), {"b_id": request_id,
-                                                  "b_message": reason}).rowcount:
-                return
-            status = conn.execute(select(outbox.c.status).where(outbox.c.id == request_id)).scalar()
-        if status is None:
-            raise RequestNotFound(f"request {request_id} does not exist")
-        raise InvalidState(f"request {request_id} is {status}; only queued requests can be "
-                           "cancelled (a request being sent cannot be called back)")
+        self._transition(_cancel_statement(), {"b_id": request_id, "b_message": reason},
+                         "only queued requests can be cancelled (a request being sent "
+                         "cannot be called back)")
 
     def retry(self, request_id: int) -> None:
+        self._transition(_retry_statement(), {"b_id": request_id},
+                         "only failed, uncertain or cancelled requests can be retried")
+
+    def _transition(self, stmt: Any, params: dict[str, Any], rule: str) -> None:
+        """Run a guarded operator transition; when it matched nothing, say why."""
         with self.engine.begin() as conn:
-            if conn.execute(_retry_statement(), {"b_id": request_id}).rowcount:
+            if conn.execute(stmt, params).rowcount:
                 return
-            status = conn.execute(select(outbox.c.status).where(outbox.c.id == request_id)).scalar()
+            status = conn.execute(select(outbox.c.status)
+                                  .where(outbox.c.id == params["b_id"])).scalar()
         if status is None:
-            raise RequestNotFound(f"request {request_id} does not exist")
-        raise InvalidState(f"request {request_id} is {status}; only failed, uncertain or "
-                           "cancelled requests can be retried")
+            raise RequestNotFound(f"request {params['b_id']} does not exist")
+        raise InvalidState(f"request {params['b_id']} is {status}; {rule}")
 
     def purge(self, older_than_seconds: float, statuses: Sequence[str] = PURGEABLE) -> int:
         """Delete finished requests (and their attempt rows) older than the given age."""
