@@ -14,6 +14,7 @@ from sqlbridge.config import Settings, WorkerSettings
 from sqlbridge.db import make_engine
 from sqlbridge.install import install
 from sqlbridge.queue import Queue
+from sqlbridge.sandbox import Sandbox
 from sqlbridge.schema import metadata
 
 MSSQL_URL = os.environ.get("SQLBRIDGE_TEST_MSSQL_URL")
@@ -65,3 +66,16 @@ def queue(engine: Engine, settings: Settings) -> Queue:
 def with_accounts(settings: Settings, *accounts: object) -> Settings:
     """Settings whose accounts are the given ones (e.g. a sandbox's)."""
     return dataclasses.replace(settings, accounts={a.name: a for a in accounts})  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def sandbox() -> Iterator[Sandbox]:
+    """Both fake APIs on 127.0.0.1, fresh state each test."""
+    with Sandbox(seed=3) as sb:
+        yield sb
+
+
+@pytest.fixture
+def live(settings: Settings, sandbox: Sandbox) -> Settings:
+    """Settings whose default account points at the sandbox."""
+    return dataclasses.replace(settings, accounts={"default": sandbox.account("default")})

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 import pytest
@@ -21,13 +20,8 @@ from sqlbridge.worker import Worker
 
 
 @pytest.fixture
-def sandbox() -> Iterator[Sandbox]:
-    with Sandbox(seed=5) as sb:
-        yield sb
-
-
-@pytest.fixture
 def live(settings: Settings, sandbox: Sandbox) -> Settings:
+    """A bigger pool than the default tests use: a full sync is 154 requests."""
     return dataclasses.replace(settings, accounts={"default": sandbox.account()},
                                worker=dataclasses.replace(settings.worker, concurrency=16,
                                                           max_attempts=6))

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import func, insert, select
@@ -34,17 +33,6 @@ CHAT = {"platform": "whatsapp", "platformid": "100"}
 
 def message(i: int) -> dict[str, str]:
     return {**CHAT, "destination": f"3460{i:07d}", "message": f"hello {i} & 😀"}
-
-
-@pytest.fixture
-def sandbox() -> Iterator[Sandbox]:
-    with Sandbox(seed=3) as sb:
-        yield sb
-
-
-@pytest.fixture
-def live(settings: Settings, sandbox: Sandbox) -> Settings:
-    return dataclasses.replace(settings, accounts={"default": sandbox.account("default")})
 
 
 def statuses(queue: Queue) -> dict[str, int]:
