@@ -122,7 +122,8 @@ def run(database_url: str = "sqlite:///sqlbridge-demo.db", *, fresh: bool = True
             echo(f"  {name:<20} {n}")
         echo("\nlook inside: sqlite3 " + database_url.removeprefix("sqlite:///") +
              " 'SELECT id, operation, status, error_code FROM outbox'")
-        echo("or: sqlbridge status --database-url " + database_url)
+        echo("or: sqlbridge status --database-url " + database_url +
+             "   (scripts/demo installs the command in .venv/bin)")
     engine.dispose()
     return {"requests": results, "counts": counts, "synced": synced, "intact": intact}
 

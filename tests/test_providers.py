@@ -235,3 +235,21 @@ def test_http_request_4xx_is_permanent_and_5xx_transient(providers: Providers,
     assert e.value.code == "HTTP_404" and not isinstance(e.value, ProtocolError)
     with pytest.raises(TransientError):
         call(providers, sb, "http.request", {"url": sb.url + "status/503", "method": "GET"})
+
+
+def test_the_account_rate_limit_spaces_calls_across_threads(sb: Sandbox) -> None:
+    import threading
+
+    account = sb.account()
+    limited = dataclasses.replace(account, afilnet=dataclasses.replace(account.afilnet,
+                                                                       rate_limit=20))
+    op, params = registry.validate("chat.getchatchannels", {})
+    p = build_providers(pool_size=8)
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=p.call, args=(op, params, limited)) for _ in range(11)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    p.close()
+    assert time.monotonic() - t0 >= 0.5  # 11 calls at 20/s: the last starts 0.5 s after the first

@@ -243,3 +243,18 @@ def test_secrets_never_reach_the_outbox(live: Settings, sandbox: Sandbox, queue:
                    SANDBOX_AFILNET_USER):
         assert secret not in dump
     assert "está inativo" in dump  # the vendor's message itself is kept
+
+
+def test_secrets_never_reach_a_log_line(live: Settings, sandbox: Sandbox, queue: Queue,
+                                        caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    sandbox.fail_next(1, "503")
+    queue.enqueue("user.userhash", {"userId": "1003"})
+    queue.enqueue("chat.getchatchannels", {})
+    queue.enqueue("messenger.structure", {})
+    Worker(live, queue.engine, schedules=False).run(once=True)
+    assert "sqlbridge.worker" in caplog.text  # the worker did log
+    for secret in (SANDBOX_AFILNET_PASSWORD, SANDBOX_ANNA_COMPANY_HASH, SANDBOX_ANNA_PASSWORD):
+        assert secret not in caplog.text
