@@ -258,3 +258,15 @@ def test_secrets_never_reach_a_log_line(live: Settings, sandbox: Sandbox, queue:
     assert "sqlbridge.worker" in caplog.text  # the worker did log
     for secret in (SANDBOX_AFILNET_PASSWORD, SANDBOX_ANNA_COMPANY_HASH, SANDBOX_ANNA_PASSWORD):
         assert secret not in caplog.text
+
+
+def test_a_call_longer_than_the_lease_keeps_its_row_by_renewing(live: Settings,
+                                                               sandbox: Sandbox,
+                                                               queue: Queue) -> None:
+    sandbox.faults.latency_ms = 2500  # two and a half leases
+    rid = queue.enqueue("chat.sendmessage", message(7)).id
+    worker = Worker(live, queue.engine, schedules=False, lease_seconds=1.0)
+    worker.run(once=True)
+    row = queue.get(rid, with_attempts=True)
+    assert row["status"] == "succeeded" and len(row["attempt_rows"]) == 1
+    assert worker.stats.recovered.get("uncertain", 0) == 0
