@@ -23,29 +23,42 @@ class Faults:
     seed: int | None = None
 
 
+@dataclass
+class _Scripted:
+    remaining: int
+    kind: str
+    needle: str | None
+
+
 class FaultPlan:
     """Decides the fault (if any) for each API request, thread-safely and reproducibly."""
 
-    def __init__(self, faults: Faults) -> None:
+    def __init__(self, faults: Faults, seed: int | None = None) -> None:
         self.faults = faults
-        self._rng = random.Random(faults.seed)
+        # One generator for every thread, drawn under the lock: with a seed, the same sequence
+        # of requests meets the same faults.
+        self._rng = random.Random(faults.seed if faults.seed is not None else seed)
         self._lock = threading.Lock()
-        self._scripted: list[list[object]] = []  # [remaining, kind, path_contains]
+        self._scripted: list[_Scripted] = []
 
     def fail_next(self, n: int, kind: str, path_contains: str | None = None) -> None:
         if kind not in KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; allowed: {', '.join(KINDS)}")
         with self._lock:
-            self._scripted.append([n, kind, path_contains])
+            self._scripted.append(_Scripted(n, kind, path_contains))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._scripted.clear()
 
     def choose(self, path: str) -> str | None:
         with self._lock:
+            # Scripted faults first, oldest first: a test's "next two calls" is exact.
             for entry in self._scripted:
-                remaining, kind, needle = entry
-                if int(remaining) > 0 and (needle is None or str(needle) in path):  # type: ignore[call-overload]
-                    entry[0] = int(remaining) - 1  # type: ignore[call-overload]
-                    return str(kind)
-            self._scripted = [e for e in self._scripted if int(e[0]) > 0]  # type: ignore[call-overload]
+                if entry.remaining > 0 and (entry.needle is None or entry.needle in path):
+                    entry.remaining -= 1
+                    self._scripted = [e for e in self._scripted if e.remaining > 0]
+                    return entry.kind
             f = self.faults
             draw = self._rng.random()
             for rate, kind in ((f.error_rate, "503"), (f.rate_limit_rate, "429"),

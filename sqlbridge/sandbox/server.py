@@ -11,6 +11,7 @@ import base64
 import contextlib
 import json
 import socket
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,7 +19,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from ..config import Account, _account
-from . import afilnet, anna
+from . import admin, afilnet, anna
 from .faults import FaultPlan, Faults
 from .state import State, seeded
 
@@ -29,10 +30,54 @@ SANDBOX_ANNA_USER = "anna-user"
 SANDBOX_ANNA_PASSWORD = "anna-pass-8812"
 
 
+_AFILNET_PATHS = ("api/http/", "api/http", "api/basic/", "api/basic")
+
+
+def _form(query: str, raw: bytes) -> dict[str, str]:
+    """Afilnet's parameters: the query string (GET, as the seed's scripts send them) overlaid
+    with the UTF-8 form body (POST)."""
+    form = dict(parse_qsl(query, keep_blank_values=True))
+    if raw:
+        form.update(parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True))
+    return form
+
+
+def _operation(path: str, form: dict[str, str]) -> str:
+    """What a request asked for, in the project's naming: ``chat.sendmessage``,
+    ``User/UserHash``, or the path itself for echo and status."""
+    if form or path in _AFILNET_PATHS:
+        return f"{form.get('class', '')}.{form.get('method', '')}"
+    if path.startswith("anna/"):
+        return path.removeprefix("anna/").removeprefix("REST/AnnACorporate/")
+    return path
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     sandbox: Sandbox
+
+    def __init__(self, address: tuple[str, int], sandbox: Sandbox) -> None:
+        super().__init__(address, _Handler)
+        self.sandbox = sandbox
+        # Keep-alive connections outlive serve_forever(); stop() closes them so that a stopped
+        # sandbox really stops answering (tests use that to simulate an unreachable vendor).
+        self.connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
+
+    def close_connections(self) -> None:
+        with self.connections_lock:
+            for conn in self.connections:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+            self.connections.clear()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that gave up (read timeout, dropped fault, stop()) is the normal case here,
+        # not something to print a traceback for.
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, OSError | ValueError):
+            super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -44,6 +89,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, *_args: Any) -> None:  # tests and demos stay quiet
         pass
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.connections_lock:
+            self.server.connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.server.connections_lock:
+            self.server.connections.discard(self.connection)
+        with contextlib.suppress(OSError):
+            super().finish()
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         self._dispatch()
@@ -71,8 +127,8 @@ class _Handler(BaseHTTPRequestHandler):
         """Apply a fault; True when the request is fully handled (or dropped)."""
         sb = self.server.sandbox
         if kind == "timeout":
-            time.sleep(sb.faults.timeout_seconds)
-            return False
+            # An Event rather than sleep(): stop() must not wait for held requests.
+            return sb.stopping.wait(sb.faults.timeout_seconds)
         if kind == "drop":
             self.close_connection = True
             with contextlib.suppress(OSError):
@@ -91,41 +147,66 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, b'{"status":')
         return True
 
+    def _body(self) -> bytes:
+        """The request body, Content-Length or chunked (a client streaming an upload)."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            chunks = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
     def _dispatch(self) -> None:
         sb = self.server.sandbox
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
+        try:
+            raw = self._body()
+        except ValueError:
+            self.close_connection = True
+            self._json(400, {"error": "unreadable request body"})
+            return
         parts = urlsplit(self.path)
         path = parts.path.lstrip("/")
         if path.startswith("_sandbox/"):
             self._admin(path.removeprefix("_sandbox/"), raw)
             return
-        sb.record(path)
+        afilnet_path = path in _AFILNET_PATHS
+        form = _form(parts.query, raw) if afilnet_path else {}
+        sb.record(path, _operation(path, form))
         if sb.faults.latency_ms:
             time.sleep(sb.faults.latency_ms / 1000)
         kind = sb.plan.choose(path)
         if kind and self._fault(kind):
             return
-        if path in ("api/http/", "api/http", "api/basic/", "api/basic"):
-            self._afilnet(path.startswith("api/basic"), parts.query, raw)
-        elif path.startswith("anna/"):
-            self._anna(path.removeprefix("anna/"), raw)
-        elif path == "echo" or path.startswith("echo/"):
-            self._echo(parts, raw)
-        elif path.startswith("status/") and path[7:].isdigit():
-            code = int(path[7:])
-            self._json(code, {"status": code},
-                       {"Retry-After": "1"} if code in (429, 503) else None)
-        else:
-            self._json(404, {"error": f"no such path /{path}"})
+        try:
+            if afilnet_path:
+                self._afilnet(path.startswith("api/basic"), form)
+            elif path.startswith("anna/"):
+                self._anna(path.removeprefix("anna/"), raw)
+            elif path == "echo" or path.startswith("echo/"):
+                self._echo(parts, raw)
+            elif path.startswith("status/") and path[7:].isdigit() and 200 <= int(path[7:]) < 600:
+                self._status(int(path[7:]))
+            else:
+                self._json(404, {"error": f"no such path /{path}"})
+        except Exception as exc:  # a sandbox bug must read as one, not as a dropped connection
+            self._json(500, {"error": f"sandbox error: {type(exc).__name__}: {exc}"})
+
+    def _status(self, code: int) -> None:
+        if code in (204, 304):  # no body allowed; a Content-Length body would poison keep-alive
+            self._send(code, b"")
+            return
+        self._json(code, {"status": code}, {"Retry-After": "1"} if code in (429, 503) else None)
 
     # -- the APIs -----------------------------------------------------------------------------
 
-    def _afilnet(self, basic: bool, query: str, raw: bytes) -> None:
+    def _afilnet(self, basic: bool, form: dict[str, str]) -> None:
         sb = self.server.sandbox
-        form = dict(parse_qsl(query, keep_blank_values=True))
-        if raw:
-            form.update(parse_qsl(raw.decode("utf-8"), keep_blank_values=True))
         if basic:
             user = password = None
             header = self.headers.get("Authorization", "")
@@ -186,22 +267,13 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(200, {"method": self.command, "path": parts.path, "query": parts.query,
                          "headers": dict(self.headers.items()), "body": text, "json": parsed})
 
-    def _admin(self, what: str, raw: bytes) -> None:
-        sb = self.server.sandbox
-        body = json.loads(raw or b"{}")
-        if what == "incoming":
-            mid = sb.state.add_incoming_message(body["platform"], body["platformid"],
-                                                body["destination"], body["text"])
-            self._json(200, {"messageid": mid})
-        elif what == "faults":
-            for key, value in body.items():
-                setattr(sb.faults, key, value)
-            self._json(200, {"ok": True})
-        elif what == "reset":
-            sb.state = seeded()
-            self._json(200, {"ok": True})
-        else:
-            self._json(404, {"error": f"unknown admin action {what}"})
+    def _admin(self, action: str, raw: bytes) -> None:
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            self._json(400, {"error": "the body must be JSON"})
+            return
+        self._json(*admin.run(self.server.sandbox, action, body))
 
 
 class Sandbox:
@@ -212,21 +284,35 @@ class Sandbox:
                  expires_in_format: str = "seconds", status_case: str = "upper",
                  list_shape: str = "object") -> None:
         self.host, self.port = host, port
+        self.seed = seed
         self.faults = faults or Faults(seed=seed)
-        self.plan = FaultPlan(self.faults)
+        self.plan = FaultPlan(self.faults, seed)
         self.state: State = seeded(seed)
         self.token_ttl = token_ttl
         self.expires_in_format = expires_in_format
         self.status_case = status_case
         self.list_shape = list_shape
+        # Paths of API requests (admin calls excluded), and the same as (path, operation)
+        # pairs, operation being e.g. "chat.sendmessage" or "User/UserHash".
         self.requests_seen: list[str] = []
+        self.operations_seen: list[tuple[str, str]] = []
         self._seen_lock = threading.Lock()
+        self.stopping = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
-    def record(self, path: str) -> None:
+    def record(self, path: str, operation: str) -> None:
         with self._seen_lock:
             self.requests_seen.append(path)
+            self.operations_seen.append((path, operation))
+
+    def reset(self) -> None:
+        """Back to the seeded state, with no scripted faults and nothing seen."""
+        self.state = seeded(self.seed)
+        self.plan.clear()
+        with self._seen_lock:
+            self.requests_seen.clear()
+            self.operations_seen.clear()
 
     def fail_next(self, n: int, kind: str, path_contains: str | None = None) -> None:
         self.plan.fail_next(n, kind, path_contains)
@@ -242,8 +328,8 @@ class Sandbox:
             self.plan.faults = value
 
     def start(self) -> Sandbox:
-        self._server = _Server((self.host, self.port), _Handler)
-        self._server.sandbox = self
+        self.stopping.clear()
+        self._server = _Server((self.host, self.port), self)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         kwargs={"poll_interval": 0.1}, daemon=True,
@@ -253,9 +339,13 @@ class Sandbox:
 
     def stop(self) -> None:
         if self._server is not None:
+            self.stopping.set()
             self._server.shutdown()
+            self._server.close_connections()
             self._server.server_close()
             self._server = None
+            if self._thread is not None:
+                self._thread.join(timeout=5)
 
     def __enter__(self) -> Sandbox:
         return self.start()
