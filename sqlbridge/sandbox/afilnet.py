@@ -1,5 +1,9 @@
 """The Afilnet chat API as the seed document describes it: checks in the vendor's order,
-every documented error code reachable by a documented input, HTTP 200 for errors too."""
+every documented error code reachable by a documented input, HTTP 200 for errors too.
+
+One documented code has no input that can reach it: the seed lists CHAT_NOT_FOUND for
+``getchats``, which takes no destination; a channel without chats answers an empty list.
+"""
 
 from __future__ import annotations
 

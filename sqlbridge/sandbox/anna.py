@@ -4,6 +4,7 @@ other endpoint, ``{"success": false, "message": …}`` for refusals, HTTP 401 fo
 from __future__ import annotations
 
 import re
+import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,7 +22,7 @@ def _fail(message: str) -> dict[str, Any]:
 
 
 def _date(value: str) -> datetime | None:
-    if not re.fullmatch(r"\d{2}/\d{2}/\d{4}", value):
+    if not isinstance(value, str) or not re.fullmatch(r"\d{2}/\d{2}/\d{4}", value):
         raise ValueError(value)
     return datetime.strptime(value, "%d/%m/%Y")
 
@@ -40,7 +41,8 @@ def get_token(state: State, body: dict[str, Any], creds: tuple[str, str, str], t
 
 
 def _access_data(base_url: str, company: str, user_id: str) -> dict[str, Any]:
-    user_hash = f"UH{abs(hash((company, user_id, datetime.now(UTC).minute))) % 10**12:012d}"
+    # Opaque and new on every call, as a real access hash is: nothing may rely on its value.
+    user_hash = secrets.token_hex(12).upper()
     return {"Hash": user_hash, "ChatURL": f"{base_url}chat/?h={user_hash}",
             "EmbeddedURL": f"{base_url}chat/embedded/?h={user_hash}",
             "Expires": (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y%m%d%H%M%S")}
@@ -58,7 +60,7 @@ def handle(state: State, endpoint: str, body: dict[str, Any], company: str,
         if endpoint == "User/UserHashForced":
             if not body.get("userName"):
                 return _fail("Informe userName.")
-            state.add_anna_user(uid, str(body["userName"]))
+            state.force_anna_user(uid, str(body["userName"]))
         user = state.find_user(uid, None, None)
         if user is None:
             return _fail(f"Usuário {company}@{uid} não encontrado.")
@@ -90,6 +92,8 @@ def handle(state: State, endpoint: str, body: dict[str, Any], company: str,
                 "messengerLink": f"{base_url}messenger/?u={user.user_id}"}
 
     filters = body.get("messengerFilters") or {}
+    if not isinstance(filters, dict):
+        return _fail("messengerFilters deve ser um objeto.")
     try:
         start = _date(filters["dataIni"]) if filters.get("dataIni") else None
     except ValueError:
@@ -98,6 +102,9 @@ def handle(state: State, endpoint: str, body: dict[str, Any], company: str,
         end = _date(filters["dataFim"]) if filters.get("dataFim") else None
     except ValueError:
         return _fail("dataFim inválida: use dd/MM/yyyy.")
+    for key, allowed in (("status", ("A", "E")), ("pendentes", ("S", "N"))):
+        if filters.get(key) and filters[key] not in allowed:
+            return _fail(f"{key} inválido: use {' ou '.join(allowed)}.")
     with state.lock:
         chosen = [r for r in state.requests if r.user_id == user.user_id
                   and (not filters.get("departmentAlias")

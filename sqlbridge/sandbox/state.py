@@ -150,6 +150,15 @@ class State:
         with self.lock:
             self.users[str(user_id)] = AnnaUser(str(user_id), name, active, doc_type, doc_value)
 
+    def force_anna_user(self, user_id: str, name: str) -> None:
+        """UserHashForced: create the user, or rename and re-activate it, keeping its document."""
+        with self.lock:
+            user = self.users.get(str(user_id))
+            if user is None:
+                self.add_anna_user(user_id, name)
+            else:
+                user.name, user.active = name, True
+
     def anna_user(self, user_id: str) -> dict[str, Any] | None:
         with self.lock:
             u = self.users.get(str(user_id))
@@ -193,7 +202,11 @@ class State:
 
 
 def seeded(seed: int | None = None) -> State:
-    """The state every sandbox starts with: small, fixed, enough for every documented case."""
+    """The state every sandbox starts with: small, fixed, enough for every documented case.
+
+    It is the same for every ``seed`` (tests name its chats and users directly); the seed is
+    accepted so that a future randomised part stays reproducible.
+    """
     s = State()
     s.add_channel("whatsapp", "100", "Sandbox WhatsApp")
     s.add_channel("telegram", "200", "Sandbox Telegram")
