@@ -331,8 +331,9 @@ class Sandbox:
         self.stopping.clear()
         self._server = _Server((self.host, self.port), self)
         self.port = self._server.server_address[1]
+        # stop() waits up to one poll interval; test suites start a sandbox per test.
         self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.1}, daemon=True,
+                                        kwargs={"poll_interval": 0.01}, daemon=True,
                                         name="sqlbridge-sandbox")
         self._thread.start()
         return self
