@@ -10,10 +10,10 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import signal
 import socket
 import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -178,8 +178,8 @@ class _Handler(BaseHTTPRequestHandler):
         afilnet_path = path in _AFILNET_PATHS
         form = _form(parts.query, raw) if afilnet_path else {}
         sb.record(path, _operation(path, form))
-        if sb.faults.latency_ms:
-            time.sleep(sb.faults.latency_ms / 1000)
+        if sb.faults.latency_ms and sb.stopping.wait(sb.faults.latency_ms / 1000):
+            return  # stopping: no answer, as from a vendor that went away mid-call
         kind = sb.plan.choose(path)
         if kind and self._fault(kind):
             return
@@ -397,15 +397,20 @@ def serve(host: str = "127.0.0.1", port: int = 8780, faults: Faults | None = Non
     print(f"  Afilnet (Basic auth): {sb.afilnet_basic_url}")
     print(f"  AnnA base URL:        {sb.anna_url}")
     print(f"  echo (http.request):  {sb.echo_url}")
+    print(f"  admin (JSON POST):    {sb.url}_sandbox/<action>, actions: "
+          f"{', '.join(sorted(admin.ACTIONS))}")
     print("credentials for a sqlbridge account (sandbox only, not secrets):")
     print(f"  SQLBRIDGE_AFILNET_URL={sb.afilnet_post_url} SQLBRIDGE_AFILNET_USER="
           f"{SANDBOX_AFILNET_USER} SQLBRIDGE_AFILNET_PASSWORD={SANDBOX_AFILNET_PASSWORD}")
     print(f"  SQLBRIDGE_ANNA_URL={sb.anna_url} SQLBRIDGE_ANNA_COMPANY_HASH="
           f"{SANDBOX_ANNA_COMPANY_HASH} SQLBRIDGE_ANNA_USER={SANDBOX_ANNA_USER} "
-          f"SQLBRIDGE_ANNA_PASSWORD={SANDBOX_ANNA_PASSWORD}")
+          f"SQLBRIDGE_ANNA_PASSWORD={SANDBOX_ANNA_PASSWORD}", flush=True)
+    # SIGTERM (a supervisor, a benchmark tearing down) stops as cleanly as Ctrl-C.
+    with contextlib.suppress(ValueError):  # signal() works only on the main thread
+        signal.signal(signal.SIGTERM, lambda *_: sb.stopping.set())
     try:
-        while True:
-            time.sleep(3600)
+        while not sb.stopping.wait(3600):
+            pass
     except KeyboardInterrupt:
         pass
     finally:
