@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import Engine, bindparam, false, select, update
 from sqlalchemy.dialects import mssql
 
+from .errors import ValidationError
 from .schema import chat_message as m
 from .sqlfuncs import utcnow
 
@@ -31,11 +32,18 @@ def _take_statement(limit: int) -> Any:
 def take_messages(engine: Engine, consumer: str, limit: int = 100) -> list[dict[str, Any]]:
     """Up to ``limit`` incoming messages nobody has taken, now taken by ``consumer``."""
     if not consumer or len(consumer) > 200:
-        raise ValueError("consumer must be a name of 1 to 200 characters")
+        raise ValidationError("consumer must be a name of 1 to 200 characters",
+                              code="INVALID_ARGUMENT", param="consumer")
+    if not 1 <= limit <= 10_000:
+        raise ValidationError("limit must be from 1 to 10000", code="INVALID_ARGUMENT",
+                              param="limit")
+    # One statement, so the rows marked are exactly the rows returned: a consumer that crashes
+    # after the commit has them (taken_by says who), none is half-taken.
     with engine.begin() as conn:
         rows = conn.execute(_take_statement(limit), {"consumer": consumer}).all()
     return sorted((dict(r._mapping) for r in rows), key=lambda r: r["id"])
 
 
 def mssql_statements() -> dict[str, str]:
+    """The take statement as SQL Server sees it (the T-SQL gate parses it)."""
     return {"take_messages": str(_take_statement(100).compile(dialect=mssql.dialect()))}

@@ -1,15 +1,47 @@
-"""Commands for scheduled sync: ``schedule add|list|remove|run-now``, ``sync`` and ``take``."""
+"""Commands for scheduled sync: ``schedule add|list|remove|run-now``, ``sync`` and ``take``.
+
+``sqlbridge.cli`` imports this module at its end to register the commands, so this module must
+not need ``sqlbridge.cli`` while it is being imported (importing it first would otherwise fail
+on the half-built cycle): ``common`` below declares the same two options and hands the call to
+``cli.common`` when a command runs.
+"""
 
 from __future__ import annotations
 
+import functools
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from . import messages
 from . import sync as sync_mod
-from .cli import Context, _parse_param, _print_json, _table, common
+
+if TYPE_CHECKING:
+    from .cli import Context
+
+
+def common(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``sqlbridge.cli.common`` (--database-url, --config, errors as exit codes), bound late."""
+
+    @click.option("--config", "config_path", type=click.Path(dir_okay=False),
+                  help="TOML settings file (default: ./sqlbridge.toml when present).")
+    @click.option("--database-url", envvar="SQLBRIDGE_DATABASE_URL",
+                  help="SQLAlchemy URL (default: sqlite:///sqlbridge.db).")
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from . import cli
+
+        return cli.common(fn)(*args, **kwargs)
+
+    return wrapper
+
+
+def _cli() -> Any:
+    from . import cli
+
+    return cli
 
 
 @click.group()
@@ -31,9 +63,7 @@ def schedule() -> None:
 def add(ctx: Context, name: str, operation: str, param: tuple[str, ...], json_text: str | None,
         interval: str, account: str, disabled: bool, max_children: int) -> None:
     """Create or update schedule NAME running OPERATION (or sync.chats)."""
-    params: dict[str, Any] = _parse_param(param, json_text)
-    if "unread_only" in params and isinstance(params["unread_only"], str):
-        params["unread_only"] = params["unread_only"].lower() in ("1", "true", "yes")
+    params: dict[str, Any] = _cli()._parse_param(param, json_text)
     sid = sync_mod.add_schedule(ctx.engine, name, operation, params, interval, account=account,
                                 enabled=not disabled, max_children=max_children)
     click.echo(f"schedule {name} (id {sid}) saved")
@@ -46,15 +76,16 @@ def list_(ctx: Context, as_json: bool) -> None:
     """Every schedule with its next run and how its last run stands."""
     rows = sync_mod.list_schedules(ctx.engine)
     if as_json:
-        _print_json(rows)
+        _cli()._print_json(rows)
         return
     if not rows:
         click.echo("no schedules")
         return
     for r in rows:
         r["last_run_state"] = ", ".join(f"{k} {v}" for k, v in sorted(r["last_run"].items()))
-    click.echo(_table(rows, ["name", "operation", "account", "interval_seconds", "enabled",
-                             "next_run_at", "last_run_at", "last_run_state", "last_error"]))
+    click.echo(_cli()._table(rows, ["name", "operation", "account", "interval_seconds",
+                                    "enabled", "next_run_at", "last_run_at", "last_status",
+                                    "last_run_state", "last_error"]))
 
 
 @schedule.command("remove")
@@ -70,9 +101,36 @@ def remove(ctx: Context, name: str) -> None:
 @click.argument("name")
 @common
 def run_now(ctx: Context, name: str) -> None:
-    """Make schedule NAME due now; a running worker starts it within a second."""
+    """Make schedule NAME due now (enabling it); a running worker starts it within a second."""
     sync_mod.run_now(ctx.engine, name)
     click.echo(f"schedule {name} is due now")
+
+
+class _Progress:
+    """A bar on a terminal, plain lines otherwise (logs, CI): the total grows while the sync
+    fans out, which click.progressbar's fixed length cannot show. Written to stderr, so the
+    summary on stdout stays clean for scripts."""
+
+    WIDTH = 30
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.last = (-1, -1)
+
+    def __call__(self, done: int, total: int) -> None:
+        if (done, total) == self.last or total == 0:
+            return
+        self.last = (done, total)
+        if self.tty:
+            filled = self.WIDTH * done // total
+            bar = "#" * filled + "-" * (self.WIDTH - filled)
+            click.echo(f"\rsync [{bar}] {done}/{total} requests", nl=False, err=True)
+        else:
+            click.echo(f"sync: {done}/{total} requests finished", err=True)
+
+    def close(self) -> None:
+        if self.tty and self.last != (-1, -1):
+            click.echo("", err=True)
 
 
 @click.command()
@@ -80,26 +138,23 @@ def run_now(ctx: Context, name: str) -> None:
 @click.option("--unread-only", is_flag=True, help="Fetch unread messages only.")
 @common
 def sync(ctx: Context, account: str, unread_only: bool) -> None:
-    """Run one full chat sync now (channels, chats, messages) and summarise the tables."""
-    tty = sys.stdout.isatty()
-    seen = {"done": -1}
+    """Run one full chat sync now (channels, chats, messages) and summarise the tables.
 
-    def progress(done: int, total: int) -> None:
-        if done != seen["done"]:
-            seen["done"] = done
-            end = "\r" if tty else "\n"
-            click.echo(f"sync: {done}/{total} requests finished", nl=False)
-            click.echo(end, nl=False)
-
-    summary = sync_mod.sync_now(ctx.settings, ctx.engine, account=account,
-                                unread_only=unread_only, progress=progress)
-    if tty:
-        click.echo("")
-    click.echo(f"sync finished in {summary.seconds:.1f}s: " + ", ".join(
+    Exits 1 when any request of the sync failed (the summary lists them)."""
+    progress = _Progress()
+    try:
+        summary = sync_mod.sync_now(ctx.settings, ctx.engine, account=account,
+                                    unread_only=unread_only, progress=progress)
+    finally:
+        progress.close()
+    click.echo(f"sync finished in {summary.seconds:.1f}s, requests: " + ", ".join(
         f"{k} {v}" for k, v in sorted(summary.requests.items())))
     rows = [{"table": t, **c} for t, c in summary.tables.items()]
-    click.echo(_table(rows, ["table", "inserted", "updated"]))
-    if summary.requests.get("failed") or summary.requests.get("uncertain"):
+    click.echo(_cli()._table(rows, ["table", "inserted", "updated"]))
+    if summary.failures:
+        click.echo("failed requests:")
+        click.echo(_cli()._table(summary.failures,
+                                 ["id", "operation", "status", "error_code", "error_message"]))
         sys.exit(1)
 
 
@@ -112,8 +167,9 @@ def take(ctx: Context, consumer: str, limit: int, as_json: bool) -> None:
     """Take incoming messages nobody has taken yet (each goes to one consumer, once)."""
     rows = messages.take_messages(ctx.engine, consumer, limit)
     if as_json:
-        _print_json(rows)
+        _cli()._print_json(rows)
     elif rows:
-        click.echo(_table(rows, ["id", "platform", "platformid", "destination", "message"]))
+        click.echo(_cli()._table(rows, ["id", "platform", "platformid", "destination",
+                                        "message"]))
     else:
         click.echo("no new messages")
