@@ -1,56 +1,48 @@
-"""One pooled HTTP session, and the translation of what happened on the wire into errors.
+"""Sending one request, and turning what happened on the wire into sqlbridge errors.
 
 The worker's retry decisions rest on one distinction made here: whether a failed request may
-have reached the remote end. A refused connection, a failed DNS lookup or a connect timeout
-provably never delivered anything (``delivered=False``: safe to send again); a read timeout or
-a connection dropped after the request was written might have (``delivered=True``).
-urllib3's own retries are off: the queue retries, with backoff and an audit row per attempt.
+have reached the remote end. A refused connection, a failed DNS lookup, a failed TLS handshake
+or a connect timeout provably delivered nothing (``delivered=False``: safe to send again); a
+read timeout or a connection dropped after the request was written might have
+(``delivered=True``: a send becomes ``uncertain``).
+
+| what happened                                   | raised                                     |
+| ----------------------------------------------- | ------------------------------------------ |
+| connection refused, DNS, TLS, connect timeout   | TransientError(delivered=False)            |
+| read timeout, connection lost mid-call          | TransientError(delivered=True)             |
+| HTTP 429, 500, 502, 503, 504                    | TransientError(http_status, retry_after)   |
+| other HTTP 4xx (``refuse_client_error``)        | ProviderError(HTTP_4xx), permanent         |
+| body empty, not JSON, not an object            | ProtocolError (retryable)                  |
+| a URL or header requests cannot send           | ProviderError(INVALID_REQUEST), permanent  |
+
+Every message is short (a body excerpt of at most 200 characters) and scrubbed.
 """
 
 from __future__ import annotations
 
-import threading
-import time
 from typing import Any
 
 import requests
-from requests.adapters import HTTPAdapter
-from urllib3.exceptions import NameResolutionError, NewConnectionError
+from urllib3.exceptions import NewConnectionError
 
-from .. import __version__
 from ..backoff import parse_retry_after
 from ..errors import ProtocolError, ProviderError, TransientError
 from ..redact import scrub
+from .ratelimit import RateLimiter
+from .session import make_session
 
 RETRYABLE_STATUS = (429, 500, 502, 503, 504)
-_SNIPPET = 200
-
-
-class RateLimiter:
-    """Token buckets keyed by (account, provider), shared by every thread of one worker."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._next: dict[tuple[str, str], float] = {}
-
-    def acquire(self, key: tuple[str, str], per_second: float | None) -> None:
-        if not per_second:
-            return
-        with self._lock:
-            now = time.monotonic()
-            slot = max(now, self._next.get(key, now))
-            self._next[key] = slot + 1.0 / per_second
-        if slot > now:
-            time.sleep(slot - now)
+SNIPPET = 200
+_NOT_SENDABLE = (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
+                 requests.exceptions.InvalidSchema, requests.exceptions.InvalidHeader,
+                 UnicodeEncodeError)
 
 
 class Transport:
+    """The shared session and rate limiter; thread-safe."""
+
     def __init__(self, pool_size: int = 8) -> None:
-        self.session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(pool_size, 4), max_retries=0)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
-        self.session.headers["User-Agent"] = f"sqlbridge/{__version__}"
+        self.session = make_session(pool_size)
         self.limiter = RateLimiter()
 
     def close(self) -> None:
@@ -58,11 +50,14 @@ class Transport:
 
     def send(self, method: str, url: str, *, what: str, timeout: tuple[float, float],
              secrets: list[str], rate: tuple[tuple[str, str], float | None] | None = None,
-             **kwargs: Any) -> requests.Response:
-        """Send once; raise TransientError for network trouble and retryable statuses."""
+             check_status: bool = True, **kwargs: Any) -> requests.Response:
+        """Send once. Network trouble raises TransientError; so do retryable statuses unless
+        ``check_status`` is off (http.request shapes those answers itself)."""
         if rate is not None:
             self.limiter.acquire(*rate)
         try:
+            # Redirects are not followed: a 30x to another host would step around the
+            # http.request allowlist, and a redirected POST silently becomes a GET.
             resp = self.session.request(method, url, timeout=timeout, allow_redirects=False,
                                         **kwargs)
         except requests.ConnectTimeout:
@@ -71,47 +66,82 @@ class Transport:
         except requests.ReadTimeout:
             raise TransientError(f"{what}: no answer within {timeout[1]:g}s",
                                  code="READ_TIMEOUT", delivered=True) from None
+        except requests.exceptions.SSLError:
+            # The handshake comes before the request: nothing was sent.
+            raise TransientError(f"{what}: TLS handshake failed", code="TLS_ERROR",
+                                 delivered=False) from None
         except requests.ConnectionError as exc:
-            reason = getattr(exc.args[0], "reason", None) if exc.args else None
-            never_left = isinstance(reason, NewConnectionError | NameResolutionError)
+            never_left = _never_left(exc)
             text = "could not connect" if never_left else "connection lost before an answer"
-            raise TransientError(f"{what}: {text} ({type(reason or exc).__name__})",
+            raise TransientError(f"{what}: {text} ({_reason_name(exc)})",
                                  code="CONNECTION_FAILED" if never_left else "CONNECTION_LOST",
                                  delivered=not never_left) from None
+        except _NOT_SENDABLE as exc:
+            raise ProviderError(scrub(f"{what}: the request cannot be sent: {exc}"[:300],
+                                      secrets), code="INVALID_REQUEST") from None
         except requests.RequestException as exc:
             raise TransientError(f"{what}: {type(exc).__name__}", code="CONNECTION_LOST",
                                  delivered=True) from None
-        if resp.status_code in RETRYABLE_STATUS:
+        if check_status and resp.status_code in RETRYABLE_STATUS:
             raise TransientError(
                 f"{what}: HTTP {resp.status_code} {resp.reason or ''}".rstrip(),
                 code=f"HTTP_{resp.status_code}", http_status=resp.status_code,
-                retry_after=parse_retry_after(resp.headers.get("Retry-After")),
-                response=scrub(snippet(resp), secrets))
+                retry_after=retry_after(resp), response=scrub(snippet(resp), secrets))
         return resp
+
+
+def _never_left(exc: requests.ConnectionError) -> bool:
+    """True when the connection was never made (NameResolutionError is a NewConnectionError)."""
+    seen: set[int] = set()
+    cause: Any = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, NewConnectionError | ConnectionRefusedError):
+            return True
+        cause = getattr(cause, "reason", None) or (cause.args[0] if getattr(cause, "args", None)
+                                                   and isinstance(cause.args[0], BaseException)
+                                                   else None)
+    return False
+
+
+def _reason_name(exc: requests.ConnectionError) -> str:
+    reason = exc.args[0] if exc.args else exc
+    return type(getattr(reason, "reason", None) or reason).__name__
+
+
+def retry_after(resp: requests.Response) -> float | None:
+    """Seconds from Retry-After (delta-seconds or an HTTP-date), None when absent or unreadable."""
+    return parse_retry_after(resp.headers.get("Retry-After"))
 
 
 def snippet(resp: requests.Response) -> str:
     text = resp.text or ""
-    return text if len(text) <= _SNIPPET else text[:_SNIPPET] + "…"
+    return text if len(text) <= SNIPPET else text[:SNIPPET] + "…"
 
 
 def json_object(resp: requests.Response, what: str, secrets: list[str]) -> dict[str, Any]:
     """The body as a JSON object, or ProtocolError saying what came instead."""
-    if not resp.content:
+    if not resp.content or not resp.content.strip():
         raise ProtocolError(f"{what}: empty answer (HTTP {resp.status_code})",
                             http_status=resp.status_code)
     try:
         body = resp.json()
     except ValueError:
-        kind = "an HTML page" if "html" in resp.headers.get("Content-Type", "").lower() or \
-            resp.text.lstrip().startswith("<") else "not JSON"
+        html = "html" in resp.headers.get("Content-Type", "").lower() or \
+            resp.text.lstrip().startswith("<")
+        kind = "an HTML page, not JSON" if html else "not valid JSON"
         raise ProtocolError(f"{what}: the answer is {kind} (HTTP {resp.status_code}): "
                             f"{scrub(snippet(resp), secrets)!r}",
                             http_status=resp.status_code) from None
     if not isinstance(body, dict):
-        raise ProtocolError(f"{what}: expected a JSON object, got {type(body).__name__}",
+        raise ProtocolError(f"{what}: expected a JSON object, got {_json_kind(body)}",
                             http_status=resp.status_code)
     return body
+
+
+def _json_kind(value: Any) -> str:
+    return {list: "an array", str: "a string", bool: "true/false", int: "a number",
+            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
 
 
 def refuse_client_error(resp: requests.Response, what: str, secrets: list[str]) -> None:
