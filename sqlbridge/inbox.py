@@ -1,37 +1,62 @@
 """Fetched data into tables, upserted on natural keys so a re-sync never duplicates.
 
-One portable upsert for every dialect, in the caller's transaction (the one that finishes the
-request): read which keys of the batch exist, ``UPDATE`` those, ``INSERT`` the rest, each as one
-executemany. No ``MERGE`` (Babelfish has none, and SQL Server's has a long bug list). On SQL
-Server the key read takes ``UPDLOCK, HOLDLOCK`` so two workers upserting the same new key
-serialise instead of one failing on the unique constraint; on SQLite every write transaction
-already holds the database's write lock (``BEGIN IMMEDIATE``).
+Runs in the caller's transaction (the one that finishes the request), so a request and its data
+commit together. Each batch first reads which of its keys are stored (that is how inserted and
+updated are counted without a round trip per row), then writes in one executemany per
+statement:
+
+- SQLite: ``INSERT … ON CONFLICT (key) DO UPDATE``, one statement for the whole batch. Every
+  write transaction already holds the database's write lock (``BEGIN IMMEDIATE``).
+- SQL Server, Azure SQL, Babelfish: no ``MERGE`` (Babelfish has none, and SQL Server's has a
+  long bug list). ``UPDATE … WITH (UPDLOCK, HOLDLOCK)`` for the stored keys, then ``INSERT …
+  SELECT … WHERE NOT EXISTS (… WITH (UPDLOCK, HOLDLOCK))`` for the new ones. The key read takes
+  the same hints, so two workers upserting the same new key serialise on its key-range lock
+  instead of one failing on the unique constraint; ``NOT EXISTS`` keeps the insert safe even
+  so.
 
 ``first_seen`` is set once, at insert; ``last_seen`` and ``request_id`` say when and by which
-request a row was last confirmed.
+request a row was last confirmed, and are all a repeated fetch changes.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Table, and_, bindparam, insert, select, tuple_, update
+from sqlalchemy import (
+    Connection,
+    Table,
+    and_,
+    bindparam,
+    cast,
+    exists,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.dialects import mssql
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.sql.elements import ColumnElement
 
 from . import schema
 from .sqlfuncs import utcnow
 
-_CHUNK = 400  # keys per IN (...) list: well under SQL Server's 2,100 parameters
+KEY_CHUNK = 400  # keys per IN (...) list: well under SQL Server's 2,100 parameters
+ROW_CHUNK = 2000  # rows per executemany call, to bound the driver's buffers
+LOCK_HINT = "WITH (UPDLOCK, HOLDLOCK)"
 
 
 @dataclass(frozen=True)
 class Target:
     table: Table
-    keys: tuple[str, ...]  # natural key, "account" first
+    keys: tuple[str, ...]  # natural key (the table's UniqueConstraint), "account" first
     values: tuple[str, ...]
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return self.keys + self.values + ("request_id",)
 
 
 TARGETS: dict[str, Target] = {
@@ -56,109 +81,180 @@ TARGETS: dict[str, Target] = {
 }
 
 
+# -- statements ------------------------------------------------------------------------------
+
+
+def existing_keys_statement(target: Target, prefix: Sequence[Any], lasts: list[Any]) -> Any:
+    """Which of ``lasts`` (the key's last column) are stored under ``prefix`` (the others)."""
+    t = target.table
+    return (select(*(t.c[c] for c in target.keys))
+            .where(*(t.c[c] == v for c, v in zip(target.keys[:-1], prefix, strict=True)),
+                   t.c[target.keys[-1]].in_(lasts))
+            .with_hint(t, LOCK_HINT, "mssql"))
+
+
+def sqlite_upsert_statement(target: Target) -> Any:
+    """One INSERT … ON CONFLICT DO UPDATE that keeps first_seen and moves last_seen."""
+    stmt = sqlite_insert(target.table)
+    return stmt.on_conflict_do_update(
+        index_elements=[target.table.c[k] for k in target.keys],
+        set_={**{c: stmt.excluded[c] for c in target.values},
+              "request_id": stmt.excluded.request_id, "last_seen": utcnow()})
+
+
+def _param(target: Target, column: str, typed: bool) -> ColumnElement[Any]:
+    # On SQL Server a parameter in a SELECT list has no type pyodbc can ask the server for;
+    # the CAST gives it the column's own. SQLite's CAST would turn text into numbers, so not
+    # there.
+    p = bindparam(column, type_=target.table.c[column].type)
+    return cast(p, target.table.c[column].type) if typed else p
+
+
+def update_statement(target: Target) -> Any:
+    t = target.table
+    return (update(t)
+            .where(*(t.c[c] == bindparam(f"k_{c}") for c in target.keys))
+            .values({**{c: bindparam(c) for c in target.values},
+                     "last_seen": utcnow(), "request_id": bindparam("request_id")})
+            .with_hint(LOCK_HINT, dialect_name="mssql"))
+
+
+def insert_statement(target: Target, typed: bool = True) -> Any:
+    """INSERT … SELECT <params> WHERE NOT EXISTS (the key, under UPDLOCK, HOLDLOCK)."""
+    t = target.table
+    current = t.alias("cur")
+    taken = (select(current.c.id)
+             .where(*(current.c[c] == _param(target, c, typed) for c in target.keys))
+             .with_hint(current, LOCK_HINT, "mssql"))
+    rows = select(*(_param(target, c, typed).label(c) for c in target.columns)).where(
+        ~exists(taken))
+    return insert(t).from_select(list(target.columns), rows)
+
+
+# -- writing ---------------------------------------------------------------------------------
+
+
 def _existing_keys(conn: Connection, target: Target, rows: list[dict[str, Any]]) -> set[tuple]:
     """The natural keys among ``rows`` that are already stored."""
-    t = target.table
-    prefix_cols, last = target.keys[:-1], target.keys[-1]
     groups: dict[tuple, list[Any]] = defaultdict(list)
     for r in rows:
-        groups[tuple(r[c] for c in prefix_cols)].append(r[last])
+        groups[tuple(r[c] for c in target.keys[:-1])].append(r[target.keys[-1]])
     found: set[tuple] = set()
     for prefix, lasts in groups.items():
-        for i in range(0, len(lasts), _CHUNK):
-            stmt = (select(*(t.c[c] for c in target.keys))
-                    .where(*(t.c[c] == v for c, v in zip(prefix_cols, prefix, strict=True)),
-                           t.c[last].in_(lasts[i:i + _CHUNK]))
-                    .with_hint(t, "WITH (UPDLOCK, HOLDLOCK)", "mssql"))
+        for i in range(0, len(lasts), KEY_CHUNK):
+            stmt = existing_keys_statement(target, prefix, lasts[i:i + KEY_CHUNK])
             found.update(tuple(row) for row in conn.execute(stmt))
     return found
 
 
-def _update_statement(target: Target) -> Any:
-    t = target.table
-    return (update(t)
-            .where(*(t.c[c] == bindparam(f"k_{c}") for c in target.keys))
-            .values({**{c: bindparam(f"v_{c}") for c in target.values},
-                     "last_seen": utcnow(), "request_id": bindparam("v_request_id")}))
+def _executemany(conn: Connection, stmt: Any, params: list[dict[str, Any]]) -> None:
+    for i in range(0, len(params), ROW_CHUNK):
+        conn.execute(stmt, params[i:i + ROW_CHUNK])
 
 
 def upsert(conn: Connection, name: str, rows: Iterable[dict[str, Any]],
-           request_id: int | None) -> list[int]:
-    """Upsert rows (each holding every key and value column) into TARGETS[name].
-    Returns [inserted, updated]."""
+           request_id: int | None, *, portable: bool | None = None) -> list[int]:
+    """Upsert rows (each holding every key column) into TARGETS[name]; [inserted, updated].
+
+    ``portable`` forces the SQL Server form (UPDATE, then INSERT … WHERE NOT EXISTS) on any
+    dialect, so it can be exercised on SQLite; by default SQLite uses ON CONFLICT.
+    """
     target = TARGETS[name]
     # The last copy of a key in one batch wins, as a later fetch would.
     unique = {tuple(r[c] for c in target.keys): r for r in rows}
-    batch = list(unique.values())
-    if not batch:
+    if not unique:
         return [0, 0]
-    existing = _existing_keys(conn, target, batch)
-    new = [r for key, r in unique.items() if key not in existing]
-    old = [r for key, r in unique.items() if key in existing]
-    if old:
-        conn.execute(_update_statement(target), [
-            {**{f"k_{c}": r[c] for c in target.keys},
-             **{f"v_{c}": r.get(c) for c in target.values}, "v_request_id": request_id}
-            for r in old])
-    if new:
-        conn.execute(insert(target.table), [
-            {**{c: r.get(c) for c in target.keys + target.values}, "request_id": request_id}
-            for r in new])
-    return [len(new), len(old)]
+    existing = _existing_keys(conn, target, list(unique.values()))
+    values = [{**{c: r.get(c) for c in target.keys + target.values}, "request_id": request_id}
+              for r in unique.values()]
+    sqlite = conn.dialect.name == "sqlite"
+    if portable is None:
+        portable = not sqlite
+    if not portable:
+        _executemany(conn, sqlite_upsert_statement(target), values)
+    else:
+        old = [v for key, v in zip(unique, values, strict=True) if key in existing]
+        new = [v for key, v in zip(unique, values, strict=True) if key not in existing]
+        if old:
+            _executemany(conn, update_statement(target),
+                         [{**v, **{f"k_{c}": v[c] for c in target.keys}} for v in old])
+        if new:
+            _executemany(conn, insert_statement(target, typed=not sqlite), new)
+    inserted = len(unique) - len(existing)
+    return [inserted, len(existing)]
 
 
 def _clear_unread(conn: Connection, account: str, params: dict[str, Any],
-                  still_unread: list[str], request_id: int | None) -> int:
-    """Messages of the chat the provider no longer reports as unread were read elsewhere."""
+                  still_unread: set[str], request_id: int | None) -> int:
+    """Messages of the chat the provider no longer reports as unread were read elsewhere.
+
+    The stored unread ids are read first and the difference cleared by id, rather than one
+    ``NOT IN (every id still unread)``, which would pass SQL Server's 2,100-parameter limit on
+    a busy chat.
+    """
     m = schema.chat_message
-    where = and_(m.c.account == account, m.c.platform == params["platform"],
-                 m.c.platformid == str(params["platformid"]),
-                 m.c.destination == str(params["destination"]), m.c.unread.is_(True))
-    if still_unread:
-        where = and_(where, m.c.messageid.not_in(still_unread))
-    return conn.execute(update(m).where(where).values(unread=False, last_seen=utcnow(),
-                                                      request_id=request_id)).rowcount
+    chat = and_(m.c.account == account, m.c.platform == str(params["platform"]),
+                m.c.platformid == str(params["platformid"]),
+                m.c.destination == str(params["destination"]))
+    stored = conn.execute(select(m.c.messageid).where(chat, m.c.unread.is_(True))).scalars()
+    read = sorted(set(stored) - still_unread)
+    cleared = 0
+    for i in range(0, len(read), KEY_CHUNK):
+        cleared += conn.execute(
+            update(m).where(chat, m.c.messageid.in_(read[i:i + KEY_CHUNK]))
+            .values(unread=False, last_seen=utcnow(), request_id=request_id)).rowcount
+    return cleared
 
 
 def write(conn: Connection, lands_in: str, account: str, params: dict[str, Any],
           records: list[dict[str, Any]], request_id: int | None) -> dict[str, list[int]]:
-    """Store what ``lands_in`` names; returns {table: [inserted, updated]}."""
-    rows = [{"account": account, **r} for r in records]
+    """Store what ``lands_in`` (``Operation.lands_in``) names; {table: [inserted, updated]}.
+
+    - ``chat_message`` (getmessages): upserted with ``unread = False``. The vendor marks a
+      chat read when getmessages reads it, so after this call none of the returned messages is
+      unread any more there; saying otherwise here would show them as waiting forever.
+      Messages of the chat it did not return keep their flag.
+    - ``chat_message_unread`` (getunreadmessages): upserted with ``unread = True`` (incoming
+      ones; a message the account sent is never unread), then every other message of that chat
+      stored as unread is cleared: the vendor no longer reports it, so it was read elsewhere.
+      Cleared rows count as updated.
+    - ``anna_structure``: departments and their channels, into two tables.
+    """
+    rows = [{**r, "account": account} for r in records]
     if lands_in == "anna_structure":
-        return {
-            "anna_department": upsert(conn, "anna_department",
-                                      [r for r in rows if r.pop("kind") == "department"],
-                                      request_id),
-            "anna_channel": upsert(conn, "anna_channel",
-                                   [r for r in rows if r.get("kind", "channel") == "channel"
-                                    and "department_alias" in r], request_id),
-        }
+        departments = [r for r in rows if r.get("kind") == "department"]
+        channels = [r for r in rows if r.get("kind") == "channel"]
+        return {"anna_department": upsert(conn, "anna_department", departments, request_id),
+                "anna_channel": upsert(conn, "anna_channel", channels, request_id)}
     if lands_in == "chat_message_unread":
         for r in rows:
-            r["unread"] = not r.get("sent")
+            r["unread"] = r.get("sent") is not True
         counts = upsert(conn, "chat_message", rows, request_id)
-        incoming = [r["messageid"] for r in rows if r["unread"]]
+        incoming = {str(r["messageid"]) for r in rows if r["unread"]}
         counts[1] += _clear_unread(conn, account, params, incoming, request_id)
         return {"chat_message": counts}
     if lands_in == "chat_message":
-        # getmessages reads the chat, and the vendor marks what it returns as read.
         for r in rows:
             r["unread"] = False
         return {"chat_message": upsert(conn, "chat_message", rows, request_id)}
+    if lands_in not in TARGETS:
+        known = sorted([*TARGETS, "anna_structure", "chat_message_unread"])
+        raise ValueError(f"no inbox writer for '{lands_in}'; known: {', '.join(known)}")
     return {lands_in: upsert(conn, lands_in, rows, request_id)}
 
 
 def mssql_statements() -> dict[str, str]:
-    """The upsert statements as SQL Server sees them (parsed by the T-SQL gate in the tests)."""
+    """Every upsert statement as SQL Server receives it, compiled by the mssql dialect (the
+    T-SQL gate in the tests parses them)."""
     dialect = mssql.dialect()
     out: dict[str, str] = {}
     for name, target in TARGETS.items():
-        t = target.table
-        probe = (select(*(t.c[c] for c in target.keys))
-                 .where(*(t.c[c] == bindparam(f"p_{c}") for c in target.keys[:-1]),
-                        tuple_(t.c[target.keys[-1]]).in_([("x",)]))
-                 .with_hint(t, "WITH (UPDLOCK, HOLDLOCK)", "mssql"))
+        sample = [f"x{i}" for i in range(3)]
+        probe = existing_keys_statement(target, ["p"] * (len(target.keys) - 1), sample)
         out[f"{name}_existing"] = str(probe.compile(dialect=dialect))
-        out[f"{name}_update"] = str(_update_statement(target).compile(dialect=dialect))
-        out[f"{name}_insert"] = str(insert(t).compile(dialect=dialect))
+        out[f"{name}_update"] = str(update_statement(target).compile(dialect=dialect))
+        out[f"{name}_insert"] = str(insert_statement(target).compile(dialect=dialect))
     return out
+
+
+statements_for_mssql = mssql_statements
