@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
+import pytest
 from sqlalchemy import Engine, func, select
 
-from sqlbridge import demo, inbox, schema
+from sqlbridge import demo, inbox, registry, schema
+from sqlbridge.providers import Providers, build_providers
 from sqlbridge.queue import Queue
+from sqlbridge.sandbox import Sandbox
 
 CHAT = {"platform": "whatsapp", "platformid": "100", "destination": "3461"}
 
@@ -114,3 +118,160 @@ def test_queue_and_inbox_share_one_transaction(queue: Queue) -> None:
                              worker="w", inbox=("chat_channel", "default", {}, records))],
                  inbox.write)
     assert rows(queue.engine, schema.chat_channel)[0]["request_id"] == c.id
+
+
+# -- both upsert forms, fed by the real clients ----------------------------------------------
+
+SB_CHAT = {"platform": "whatsapp", "platformid": "100", "destination": "34600001000"}
+
+
+@pytest.fixture
+def providers() -> Iterator[Providers]:
+    p = build_providers(pool_size=4)
+    yield p
+    p.close()
+
+
+def fetch_and_store(engine: Engine, providers: Providers, sb: Sandbox, operation: str,
+                    params: dict, request_id: int = 1) -> dict[str, list[int]]:
+    op, clean = registry.validate(operation, params)
+    result = providers.call(op, clean, sb.account())
+    assert op.lands_in is not None
+    with engine.begin() as c:
+        return inbox.write(c, op.lands_in, "default", clean, result.records, request_id)
+
+
+def count(engine: Engine, table) -> int:
+    with engine.connect() as c:
+        return c.execute(select(func.count()).select_from(table)).scalar_one()
+
+
+@pytest.mark.parametrize(("operation", "params", "tables"), [
+    ("chat.getchatchannels", {}, {"chat_channel": 3}),
+    ("chat.getchats", {"platform": "whatsapp", "platformid": "100"}, {"chat": 2}),
+    ("chat.getunreadmessages", SB_CHAT, {"chat_message": 1}),
+    ("chat.getmessages", SB_CHAT, {"chat_message": 2}),
+    ("user.userhash", {"userId": "1001"}, {"anna_user_hash": 1}),
+    ("messenger.structure", {}, {"anna_department": 2, "anna_channel": 4}),
+    ("messenger.requests", {"userId": "1001"}, {"anna_user_request": 4}),
+    ("messenger.alertcounter", {"userId": "1001", "status": "A"}, {"anna_alert_counter": 1}),
+])
+def test_fetching_twice_changes_nothing_but_last_seen(engine: Engine, providers: Providers,
+                                                      sandbox: Sandbox, operation: str,
+                                                      params: dict, tables: dict) -> None:
+    first = fetch_and_store(engine, providers, sandbox, operation, params, 1)
+    assert first == {name: [n, 0] for name, n in tables.items()}
+    by_name = {t.name: t for t in schema.INBOX_TABLES}
+    before = {name: rows(engine, by_name[name]) for name in tables}
+    if operation == "chat.getunreadmessages":
+        sandbox.state.add_incoming_message(**SB_CHAT, text="not fetched yet")
+    second = fetch_and_store(engine, providers, sandbox, operation, params, 2)
+    if operation == "chat.getunreadmessages":  # the new one is unread too now
+        assert second == {"chat_message": [1, 1]}
+        return
+    assert second == {name: [0, n] for name, n in tables.items()}
+    for name in tables:
+        after = rows(engine, by_name[name])
+        assert len(after) == tables[name]
+        for old, new in zip(before[name], after, strict=True):
+            changed = {k for k in old if old[k] != new[k]}
+            volatile = {"last_seen", "request_id"} | {
+                # A new access hash on every call; the first read turned "received" to "read".
+                "anna_user_hash": {"hash", "chat_url", "embedded_url", "expires_at"},
+                "chat_message": {"status"}}.get(name, set())
+            assert changed <= volatile, (name, changed)
+            assert new["first_seen"] == old["first_seen"] and new["request_id"] == 2
+
+
+def test_unread_follows_the_vendor_through_a_sync(engine: Engine, providers: Providers,
+                                                  sandbox: Sandbox) -> None:
+    m = schema.chat_message
+    mid = sandbox.state.add_incoming_message(**SB_CHAT, text="nova mensagem")
+    fetch_and_store(engine, providers, sandbox, "chat.getunreadmessages", SB_CHAT)
+
+    def unread() -> list[str]:
+        with engine.connect() as c:
+            return sorted(c.execute(select(m.c.messageid).where(m.c.unread.is_(True))).scalars())
+
+    assert len(unread()) == 2 and mid in unread()
+    # getmessages reads the chat at the vendor; what it returned is read here too.
+    fetch_and_store(engine, providers, sandbox, "chat.getmessages", SB_CHAT)
+    assert unread() == [] and sandbox.state.unread(**SB_CHAT) == []
+    # Read elsewhere: the vendor stops listing it, the next unread sync clears it.
+    later = sandbox.state.add_incoming_message(**SB_CHAT, text="outra")
+    fetch_and_store(engine, providers, sandbox, "chat.getunreadmessages", SB_CHAT)
+    assert unread() == [later]
+    sandbox.state.mark_read(**SB_CHAT)
+    assert fetch_and_store(engine, providers, sandbox, "chat.getunreadmessages",
+                           SB_CHAT) == {"chat_message": [0, 1]}
+    assert unread() == []
+
+
+def test_unicode_and_a_10000_character_message_land_intact(engine: Engine,
+                                                           providers: Providers,
+                                                           sandbox: Sandbox) -> None:
+    text = ("Olá ção 😀 日本語 & % # + \u200b\n" * 500)[:10_000]
+    op, params = registry.validate("chat.sendmessage", {**SB_CHAT, "message": text})
+    providers.call(op, params, sandbox.account())
+    fetch_and_store(engine, providers, sandbox, "chat.getmessages", SB_CHAT)
+    with engine.connect() as c:
+        stored = c.execute(select(schema.chat_message.c.message)
+                           .where(schema.chat_message.c.sent.is_(True))
+                           .order_by(schema.chat_message.c.id.desc())).scalars().first()
+    assert stored == text and len(stored) == 10_000
+
+
+def test_the_portable_form_gives_the_same_rows_and_counts(engine: Engine) -> None:
+    """UPDATE, then INSERT … WHERE NOT EXISTS (the SQL Server form), run on SQLite."""
+    batch = [msg(f"m{i}", f"t{i} ção") for i in range(600)]
+    rows_in = [{**r, "account": "default", "unread": False} for r in batch]
+    with engine.begin() as c:
+        assert inbox.upsert(c, "chat_message", rows_in, 1, portable=True) == [600, 0]
+    first = rows(engine, schema.chat_message)
+    time.sleep(0.01)
+    changed = [{**r, "message": "edited"} if r["messageid"] == "m5" else r for r in rows_in]
+    with engine.begin() as c:
+        assert inbox.upsert(c, "chat_message", changed + [
+            {**rows_in[0], "messageid": "new"}], 2, portable=True) == [1, 600]
+    again = rows(engine, schema.chat_message)
+    assert len(again) == 601 and again[5]["message"] == "edited"
+    assert again[0]["first_seen"] == first[0]["first_seen"]
+    assert again[0]["last_seen"] > first[0]["last_seen"] and again[0]["request_id"] == 2
+
+
+def test_duplicate_keys_in_one_batch_count_once(engine: Engine) -> None:
+    with engine.begin() as c:
+        assert inbox.write(c, "chat_message", "default", CHAT,
+                           [msg("m1", "a"), msg("m1", "b")], 1) == {"chat_message": [1, 0]}
+    assert [r["message"] for r in rows(engine, schema.chat_message)] == ["b"]
+
+
+def test_clearing_many_unread_stays_under_the_parameter_limit(engine: Engine) -> None:
+    many = [msg(f"u{i}", "x") for i in range(2500)]
+    with engine.begin() as c:
+        inbox.write(c, "chat_message_unread", "default", CHAT, many, 1)
+    with engine.begin() as c:
+        assert inbox.write(c, "chat_message_unread", "default", CHAT, many[:10], 2) == {
+            "chat_message": [0, 2500]}
+    with engine.connect() as c:
+        still = c.execute(select(func.count()).select_from(schema.chat_message)
+                          .where(schema.chat_message.c.unread.is_(True))).scalar_one()
+    assert still == 10
+
+
+def test_an_unknown_writer_is_refused(engine: Engine) -> None:
+    with engine.begin() as c, pytest.raises(ValueError, match="no inbox writer"):
+        inbox.write(c, "nowhere", "default", {}, [{"a": 1}], 1)
+
+
+def test_the_sql_server_statements_are_portable() -> None:
+    statements = inbox.statements_for_mssql()
+    assert set(statements) == {f"{t}_{kind}" for t in inbox.TARGETS
+                               for kind in ("existing", "update", "insert")}
+    for name, sql in statements.items():
+        assert "MERGE" not in sql.upper() and "WITH (UPDLOCK, HOLDLOCK)" in sql, name
+    insert = statements["chat_message_insert"]
+    assert "WHERE NOT (EXISTS (SELECT" in insert and "CAST(" in insert
+    assert statements["chat_message_update"].startswith(
+        "UPDATE sqlbridge.chat_message WITH (UPDLOCK, HOLDLOCK) SET")
+    assert "first_seen" not in statements["chat_message_update"]
