@@ -205,6 +205,9 @@ def load_from_config(engine: Engine, schedules: Iterable[Mapping[str, Any]]) -> 
         missing = [k for k in ("name", "operation", "interval") if k not in item]
         if missing:
             raise ConfigError(f"{where}: '{missing[0]}' is required")
+        if not isinstance(item.get("params") or {}, Mapping):
+            raise ConfigError(f"{where}: params must be a table, e.g. params = {{ userId = "
+                              '"1001" }')
         try:
             add_schedule(engine, str(item["name"]), str(item["operation"]),
                          item.get("params") or {}, item["interval"],
