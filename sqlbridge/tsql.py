@@ -13,8 +13,9 @@ has no portable form (sleeping, for ``wait_for``) kept in ``sql/engine/``, chose
 
 from __future__ import annotations
 
+import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from sqlalchemy.dialects import mssql
@@ -22,7 +23,7 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 
 from . import registry
 from .registry import ERROR_NUMBERS, Operation, Param
-from .schema import INBOX_TABLES, SCHEMA, metadata
+from .schema import FINISHED, INBOX_TABLES, SCHEMA, metadata
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 GO = "GO"
@@ -44,51 +45,81 @@ def lit(text: str) -> str:
     return "N'" + text.replace("'", "''") + "'"
 
 
+def _short(expr: str) -> str:
+    """The caller's value as registry._shorten shows it in a message: at most 100 characters."""
+    return f"CASE WHEN LEN({expr}) > 100 THEN LEFT({expr}, 97) + N'...' ELSE {expr} END"
+
+
 def _throw(code: str, message_sql: str) -> str:
     """THROW needs a literal or a variable, so the sentence goes through @msg."""
     return f"BEGIN SET @msg = {message_sql}; THROW {ERROR_NUMBERS[code]}, @msg, 1; END"
 
 
-def _message_sql(code: str, got: str | None = None, **values: object) -> str:
-    """The registry's sentence as a T-SQL expression, with the caller's value spliced in."""
-    marker = "\x00GOT\x00"
-    text = registry.message(code, got=marker, **values) if got else registry.message(
-        code, **values)
-    if not got:
+_MARK = re.compile("\x00(\\w+)\x00")
+
+
+def _message_sql(code: str, got: str | None = None, sql: Mapping[str, str] | None = None,
+                 **values: object) -> str:
+    """The registry's sentence as a T-SQL expression.
+
+    ``values`` are known when generating (the operation, the parameter); ``sql`` maps the other
+    placeholders to T-SQL expressions evaluated at run time; ``got`` is the caller's value,
+    shortened like registry._shorten. Built from ``registry.MESSAGES`` itself, so a reworded
+    sentence changes the procedures on the next generation.
+    """
+    exprs = dict(sql or {})
+    if got:
+        exprs["got"] = _short(got)
+    text = registry.message(code, **values, **{k: f"\x00{k}\x00" for k in exprs})
+    if not exprs:
         return lit(text)
-    before, after = text.split(marker)
-    shortened = (f"CASE WHEN LEN({got}) > 100 THEN LEFT({got}, 97) + N'...' "
-                 f"ELSE {got} END")
-    return f"CONCAT({lit(before)}, {shortened}, {lit(after)})"
+    pieces = _MARK.split(text)  # literal, name, literal, name, ..., literal
+    args = [lit(piece) if i % 2 == 0 else exprs[piece]
+            for i, piece in enumerate(pieces) if i % 2 or piece]
+    return "CONCAT(" + ", ".join(args if len(args) > 1 else ["N''", *args]) + ")"
 
 
 # -- schema -------------------------------------------------------------------------------------
 
 def schema_script() -> str:
     dialect = mssql.dialect()
-    out = [HEADER, "SET NOCOUNT ON;", GO,
+    out = [HEADER, "-- Versioned: applied once. Change the metadata, then add a new numbered script;\n"
+           "-- install refuses to run if this file changes after it was applied.\n"
+           "-- outbox.provider has no default (a DEFAULT cannot read another column): rows that\n"
+           "-- callers INSERT directly keep it NULL and the worker derives it from the operation.\n",
+           "SET NOCOUNT ON;", GO,
            f"IF SCHEMA_ID(N'{SCHEMA}') IS NULL EXEC (N'CREATE SCHEMA {SCHEMA}');", GO]
     for table in metadata.sorted_tables:
-        ddl = str(CreateTable(table).compile(dialect=dialect)).strip()
+        ddl = _tidy(str(CreateTable(table).compile(dialect=dialect)))
         out.append(f"IF OBJECT_ID(N'{SCHEMA}.{table.name}', N'U') IS NULL\nBEGIN\n{ddl};\nEND;")
         out.append(GO)
         for index in sorted(table.indexes, key=lambda i: str(i.name)):
-            ddl = str(CreateIndex(index).compile(dialect=dialect)).strip()
+            ddl = _tidy(str(CreateIndex(index).compile(dialect=dialect)))
             out.append(f"IF NOT EXISTS (SELECT 1 FROM sys.indexes WHERE name = N'{index.name}' "
                        f"AND object_id = OBJECT_ID(N'{SCHEMA}.{table.name}'))\n    {ddl};")
             out.append(GO)
     return "\n".join(out) + "\n"
 
 
+def _tidy(ddl: str) -> str:
+    """SQLAlchemy's DDL with tabs as four spaces and no trailing blanks, for a reader's diff."""
+    return "\n".join(line.rstrip().replace("\t", "    ") for line in ddl.strip().splitlines())
+
+
 # -- procedures ---------------------------------------------------------------------------------
 
-def _procedure(name: str, params: Iterable[tuple[str, str]], body: str) -> str:
+def _procedure(name: str, params: Iterable[tuple[str, str]], body: str,
+               grant_to: Iterable[str] = ()) -> str:
+    """Stub, then ALTER: re-runnable without CREATE OR ALTER (Babelfish lacks it), and ALTER
+    keeps the procedure's permissions. The GRANTs follow the procedure they are about."""
     full = f"{SCHEMA}.{name}"
     args = ",\n".join(f"    {n} {t}" for n, t in params)
+    grants = "".join(f"GRANT EXECUTE ON {full} TO {role};\n" for role in grant_to)
     return (f"IF OBJECT_ID(N'{full}', N'P') IS NULL\n"
             f"    EXEC (N'CREATE PROCEDURE {full} AS RETURN 0');\n{GO}\n"
             f"ALTER PROCEDURE {full}\n{args}\nAS\nBEGIN\n    SET NOCOUNT ON;\n"
-            f"    SET XACT_ABORT ON;\n    DECLARE @msg NVARCHAR(2048);\n{body}\nEND;\n{GO}\n")
+            f"    SET XACT_ABORT ON;\n    DECLARE @msg NVARCHAR(2048);\n{body}\nEND;\n{GO}\n"
+            + (f"{grants}{GO}\n" if grants else ""))
 
 
 def _sql_type(p: Param) -> str:
@@ -199,9 +230,11 @@ def endpoint_procedure(op: Operation) -> str:
                  "    @correlation = @correlation, @not_before = @not_before,\n"
                  "    @max_attempts = @max_attempts, @request_id = @request_id OUTPUT;")
     body = "\n".join("    " + line for line in lines)
-    params = [(p.sql_name, _sql_type(p) + " = NULL") for p in op.params] + list(COMMON_PARAMS)
+    params = [(p.sql_name, _sql_type(p) + " = "
+               + (lit(str(p.default)) if p.default is not None else "NULL"))
+              for p in op.params] + list(COMMON_PARAMS)
     doc = f"-- {op.name}: {op.description}\n"
-    return doc + _procedure(op.procedure, params, body)
+    return doc + _procedure(op.procedure, params, body, grant_to=(CALLER, OPERATOR))
 
 
 def _provider_case() -> str:
@@ -210,109 +243,141 @@ def _provider_case() -> str:
     return f"CASE @operation {whens} ELSE N'afilnet' END"
 
 
+CALLER = "sqlbridge_caller"
+OPERATOR = "sqlbridge_operator"
+WORKER = "sqlbridge_worker"
+_KNOWN_OPERATIONS = ", ".join(sorted(registry.OPERATIONS)) + ", or any Afilnet class.method"
+FINISHED_SQL = ", ".join(lit(s) for s in FINISHED)
+_NOT_ALLOWED = ("' is not allowed; passthrough parameters are plain names, and class, method, "
+                "user and password come from the operation and the account")
+
+
 def generic_procedures() -> list[str]:
     n = ERROR_NUMBERS
-    enqueue = f"""    IF @operation IS NULL OR @operation NOT LIKE N'[a-z]%.[a-z]%'
+    unknown = _message_sql("UNKNOWN_OPERATION", sql={"operation": _short("@operation")},
+                           allowed=_KNOWN_OPERATIONS)
+    bad_json = _message_sql("INVALID_PARAMS_JSON", sql={"operation": "@operation"})
+    enqueue = f"""    -- Operation names are lower case class.method; the worker resolves them exactly.
+    SET @operation = LOWER(LTRIM(RTRIM(@operation)));
+    IF @operation IS NULL OR @operation NOT LIKE N'[a-z]%.[a-z]%'
         OR @operation LIKE N'%[^a-z0-9_.]%' OR @operation LIKE N'%.%.%'
-    BEGIN
-        SET @msg = CONCAT(N'unknown operation ''', LEFT(@operation, 100),
-            N'''; operations are named class.method, e.g. chat.sendmessage');
-        THROW {n["UNKNOWN_OPERATION"]}, @msg, 1;
-    END;
+        {_throw("UNKNOWN_OPERATION", unknown)}
     IF @params IS NULL OR LTRIM(RTRIM(@params)) = N'' SET @params = N'{{}}';
     IF ISJSON(@params) = 0 OR LEFT(LTRIM(@params), 1) <> N'{{'
-    BEGIN
-        SET @msg = CONCAT(@operation, N': params must be a JSON object');
-        THROW {n["INVALID_PARAMS_JSON"]}, @msg, 1;
-    END;
+        {_throw("INVALID_PARAMS_JSON", bad_json)}
     IF @max_attempts IS NOT NULL AND (@max_attempts < 1 OR @max_attempts > 100)
         THROW {n["INVALID_ARGUMENT"]}, N'max_attempts must be from 1 to 100', 1;
+    -- An OUTPUT variable reused by a caller's loop must not pass for this request's id.
+    SET @request_id = NULL;
+    -- One transaction, so the key check and the insert are atomic: UPDLOCK + HOLDLOCK keep a
+    -- concurrent caller with the same key waiting until this one has inserted (no MERGE,
+    -- which Babelfish lacks). It nests in the caller's transaction when there is one.
+    BEGIN TRANSACTION;
     IF @request_key IS NOT NULL
-    BEGIN
-        -- Idempotency: the same key returns the request it first created.
         SELECT @request_id = id FROM {SCHEMA}.outbox WITH (UPDLOCK, HOLDLOCK)
         WHERE request_key = @request_key;
-        IF @request_id IS NOT NULL RETURN 0;
+    IF @request_id IS NULL
+    BEGIN
+        INSERT INTO {SCHEMA}.outbox (request_key, account, provider, operation, params,
+            priority, max_attempts, available_at, correlation)
+        VALUES (@request_key, COALESCE(@account, N'default'), {_provider_case()},
+            @operation, @params, COALESCE(@priority, 0), COALESCE(@max_attempts, 5),
+            COALESCE(@not_before, SYSUTCDATETIME()), @correlation);
+        SET @request_id = CAST(SCOPE_IDENTITY() AS BIGINT);
     END;
-    INSERT INTO {SCHEMA}.outbox (request_key, account, provider, operation, params, priority,
-        max_attempts, available_at, correlation)
-    VALUES (@request_key, COALESCE(@account, N'default'), {_provider_case()},
-        @operation, @params, COALESCE(@priority, 0), COALESCE(@max_attempts, 5),
-        COALESCE(@not_before, SYSUTCDATETIME()), @correlation);
-    SET @request_id = CAST(SCOPE_IDENTITY() AS BIGINT);"""
-    passthrough = f"""    IF @class IS NULL OR @method IS NULL
+    COMMIT TRANSACTION;"""
+    reserved = ", ".join(lit(k) for k in registry.RESERVED_AFILNET_PARAMS)
+    not_allowed = f"CONCAT(@operation, {lit(': parameter ' + chr(39))}, {_short('@bad')}, " \
+                  f"{lit(_NOT_ALLOWED)})"
+    not_scalar = (f"CONCAT(@operation, {lit(': parameter ' + chr(39))}, @bad, "
+                  f"{lit(chr(39) + ' must be text or a number')})")
+    passthrough = f"""    IF NULLIF(LTRIM(RTRIM(@class)), N'') IS NULL OR NULLIF(LTRIM(RTRIM(@method)), N'') IS NULL
         THROW {n["MISSING_COMPULSORY_PARAM"]}, N'afilnet_call: @class and @method are required', 1;
+    DECLARE @operation NVARCHAR(100) = LOWER(CONCAT(LTRIM(RTRIM(@class)), N'.',
+        LTRIM(RTRIM(@method))));
     IF @params IS NULL OR LTRIM(RTRIM(@params)) = N'' SET @params = N'{{}}';
     IF ISJSON(@params) = 0 OR LEFT(LTRIM(@params), 1) <> N'{{'
-        THROW {n["INVALID_PARAMS_JSON"]}, N'afilnet_call: @params must be a JSON object', 1;
-    IF EXISTS (SELECT 1 FROM OPENJSON(@params)
-               WHERE LOWER([key]) IN (N'user', N'password', N'class', N'method'))
-        THROW {n["UNKNOWN_PARAM"]}, N'afilnet_call: class, method, user and password come from the operation and the account, not from @params', 1;
-    DECLARE @operation NVARCHAR(100) = LOWER(CONCAT(@class, N'.', @method));
+        {_throw("INVALID_PARAMS_JSON", bad_json)}
+    -- registry.validate's passthrough rules: plain names only, and never the credentials or
+    -- the class/method, which come from the account and the operation.
+    DECLARE @bad NVARCHAR(4000) = (SELECT TOP (1) [key] FROM OPENJSON(@params)
+        WHERE LOWER([key]) IN ({reserved})
+            OR [key] NOT LIKE N'[a-z]%' OR [key] LIKE N'%[^a-z0-9_]%');
+    IF @bad IS NOT NULL {_throw("UNKNOWN_PARAM", not_allowed)}
+    SET @bad = (SELECT TOP (1) [key] FROM OPENJSON(@params) WHERE [type] IN (4, 5));
+    IF @bad IS NOT NULL {_throw("INVALID_PARAM_TYPE", not_scalar)}
     EXEC {SCHEMA}.enqueue @operation = @operation, @params = @params, @account = @account,
         @priority = @priority, @request_key = @request_key, @correlation = @correlation,
         @not_before = @not_before, @max_attempts = @max_attempts,
         @request_id = @request_id OUTPUT;"""
-    finished = "N'succeeded', N'failed', N'uncertain', N'cancelled'"
+    missing = _throw("REQUEST_NOT_FOUND",
+                     "CONCAT(N'request ', @request_id, N' does not exist')")
     not_found = (f"IF NOT EXISTS (SELECT 1 FROM {SCHEMA}.outbox WHERE id = @request_id)\n"
-                 f"    BEGIN\n        SET @msg = CONCAT(N'request ', @request_id, "
-                 f"N' does not exist');\n        THROW {n['REQUEST_NOT_FOUND']}, @msg, 1;\n"
-                 f"    END;")
+                 f"        {missing}")
     wait_for = f"""    IF @@TRANCOUNT > 0
         THROW {n["WAIT_IN_TRANSACTION"]}, N'sqlbridge.wait_for cannot wait inside an open transaction: the worker cannot see an uncommitted request, so it could only time out. Commit first, then wait.', 1;
+    IF @timeout_ms IS NULL OR @timeout_ms < 0 SET @timeout_ms = 30000;
     {not_found}
-    DECLARE @until DATETIME2(3) = DATEADD(millisecond, COALESCE(@timeout_ms, 30000),
-        SYSUTCDATETIME());
-    DECLARE @status NVARCHAR(20), @cannot_sleep INT;
+    DECLARE @until DATETIME2(3) = DATEADD(millisecond, @timeout_ms, SYSUTCDATETIME());
+    DECLARE @status NVARCHAR(20), @left INT, @pause INT = 100;
     WHILE 1 = 1
     BEGIN
         SELECT @status = status FROM {SCHEMA}.outbox WHERE id = @request_id;
-        IF @status IN ({finished}) OR SYSUTCDATETIME() >= @until BREAK;
-        -- 0 when it slept; not 0 where the engine cannot sleep (Babelfish): return now.
-        EXEC @cannot_sleep = {SCHEMA}.sleep_ms @ms = 200;
-        IF @cannot_sleep <> 0 BREAK;
+        SET @left = DATEDIFF(millisecond, SYSUTCDATETIME(), @until);
+        IF @status IN ({FINISHED_SQL}) OR @left <= 0 BREAK;
+        -- The one engine-specific call: WAITFOR on SQL Server, its substitute on Babelfish.
+        EXEC {SCHEMA}.sleep_ms @ms = @pause;
+        SET @pause = CASE WHEN @left < 250 THEN @left ELSE 250 END;
     END;
     SELECT id, status, http_status, response, error_code, error_message, attempts,
         finished_at
-    FROM {SCHEMA}.outbox WHERE id = @request_id;"""
-    cancel = f"""    UPDATE {SCHEMA}.outbox SET status = N'cancelled', finished_at = SYSUTCDATETIME(),
+    FROM {SCHEMA}.outbox WHERE id = @request_id;
+    -- 0: the request is finished; 1: the timeout passed first.
+    RETURN CASE WHEN @status IN ({FINISHED_SQL}) THEN 0 ELSE 1 END;"""
+    status_of = f"(SELECT status FROM {SCHEMA}.outbox WHERE id = @request_id)"
+    cancel = f"""    -- The same transition as sqlbridge.queue.Queue.cancel.
+    UPDATE {SCHEMA}.outbox SET status = N'cancelled', finished_at = SYSUTCDATETIME(),
         error_code = N'CANCELLED', error_message = N'cancelled from T-SQL'
     WHERE id = @request_id AND status = N'queued';
     IF @@ROWCOUNT = 1 RETURN 0;
     {not_found}
-    SET @msg = CONCAT(N'request ', @request_id, N' is ',
-        (SELECT status FROM {SCHEMA}.outbox WHERE id = @request_id),
+    SET @msg = CONCAT(N'request ', @request_id, N' is ', {status_of},
         N'; only queued requests can be cancelled (a request being sent cannot be called back)');
     THROW {n["INVALID_STATE"]}, @msg, 1;"""
-    retry = f"""    UPDATE {SCHEMA}.outbox SET status = N'queued', attempts = 0,
+    retry = f"""    -- The same transition as sqlbridge.queue.Queue.retry.
+    UPDATE {SCHEMA}.outbox SET status = N'queued', attempts = 0,
         available_at = SYSUTCDATETIME(), finished_at = NULL, error_code = NULL,
         error_message = NULL, http_status = NULL
     WHERE id = @request_id AND status IN (N'failed', N'uncertain', N'cancelled');
     IF @@ROWCOUNT = 1 RETURN 0;
     {not_found}
-    SET @msg = CONCAT(N'request ', @request_id, N' is ',
-        (SELECT status FROM {SCHEMA}.outbox WHERE id = @request_id),
+    SET @msg = CONCAT(N'request ', @request_id, N' is ', {status_of},
         N'; only failed, uncertain or cancelled requests can be retried');
     THROW {n["INVALID_STATE"]}, @msg, 1;"""
     schedule = f"""    IF @name IS NULL OR @operation IS NULL
         THROW {n["MISSING_COMPULSORY_PARAM"]}, N'schedule_sync: @name and @operation are required', 1;
     IF @interval_seconds IS NULL OR @interval_seconds < 1
         THROW {n["INVALID_ARGUMENT"]}, N'schedule_sync: @interval_seconds must be a whole number greater than 0', 1;
+    IF @max_children IS NULL OR @max_children < 0
+        THROW {n["INVALID_ARGUMENT"]}, N'schedule_sync: @max_children must be 0 or more', 1;
+    SET @operation = LOWER(LTRIM(RTRIM(@operation)));
     IF @params IS NULL OR LTRIM(RTRIM(@params)) = N'' SET @params = N'{{}}';
-    IF ISJSON(@params) = 0
+    IF ISJSON(@params) = 0 OR LEFT(LTRIM(@params), 1) <> N'{{'
         THROW {n["INVALID_PARAMS_JSON"]}, N'schedule_sync: @params must be a JSON object', 1;
+    -- Upsert by name without MERGE: UPDATE, then INSERT if nothing matched, under one lock.
     BEGIN TRANSACTION;
     UPDATE {SCHEMA}.sync_schedule WITH (UPDLOCK, HOLDLOCK)
     SET operation = @operation, params = @params, interval_seconds = @interval_seconds,
-        account = COALESCE(@account, N'default'), enabled = @enabled,
+        account = COALESCE(@account, N'default'), enabled = COALESCE(@enabled, 1),
         max_children = @max_children
     WHERE name = @name;
     IF @@ROWCOUNT = 0
         INSERT INTO {SCHEMA}.sync_schedule (name, account, operation, params,
             interval_seconds, enabled, max_children)
         SELECT @name, COALESCE(@account, N'default'), @operation, @params, @interval_seconds,
-            @enabled, @max_children
-        WHERE NOT EXISTS (SELECT 1 FROM {SCHEMA}.sync_schedule WHERE name = @name);
+            COALESCE(@enabled, 1), @max_children
+        WHERE NOT EXISTS (SELECT 1 FROM {SCHEMA}.sync_schedule WITH (UPDLOCK, HOLDLOCK)
+                          WHERE name = @name);
     COMMIT TRANSACTION;"""
     unschedule = f"""    DELETE FROM {SCHEMA}.sync_schedule WHERE name = @name;
     IF @@ROWCOUNT = 0
@@ -320,7 +385,11 @@ def generic_procedures() -> list[str]:
         SET @msg = CONCAT(N'schedule ''', @name, N''' does not exist');
         THROW {n["REQUEST_NOT_FOUND"]}, @msg, 1;
     END;"""
-    take = f"""    -- Marks and returns in one statement; READPAST lets concurrent consumers skip each
+    take = f"""    IF NULLIF(@consumer, N'') IS NULL
+        THROW {n["INVALID_ARGUMENT"]}, N'consumer must be a name of 1 to 200 characters', 1;
+    IF @max IS NULL OR @max < 1 OR @max > 10000
+        THROW {n["INVALID_ARGUMENT"]}, N'limit must be from 1 to 10000', 1;
+    -- Marks and returns in one statement; READPAST lets concurrent consumers skip each
     -- other's rows instead of waiting, so each message goes to exactly one consumer.
     UPDATE {SCHEMA}.chat_message
     SET taken_at = SYSUTCDATETIME(), taken_by = @consumer
@@ -331,48 +400,66 @@ def generic_procedures() -> list[str]:
                  WHERE taken_at IS NULL AND sent = 0 ORDER BY id)
       AND taken_at IS NULL;"""
     common = list(COMMON_PARAMS)
+    callers = (CALLER, OPERATOR)
     return [
         "-- The generic enqueue every endpoint procedure calls. Validates the envelope; the\n"
         "-- worker validates the parameters of operations enqueued here directly.\n"
         + _procedure("enqueue", [("@operation", "NVARCHAR(100)"),
-                                 ("@params", "NVARCHAR(MAX) = N'{}'")] + common, enqueue),
+                                 ("@params", "NVARCHAR(MAX) = N'{}'")] + common, enqueue,
+                     callers),
         "-- Any other Afilnet class/method (e.g. sms.sendsms), parameters as a JSON object.\n"
         + _procedure("afilnet_call", [("@class", "NVARCHAR(50)"), ("@method", "NVARCHAR(50)"),
                                       ("@params", "NVARCHAR(MAX) = N'{}'")] + common,
-                     passthrough),
+                     passthrough, callers),
         "-- Block until the request is finished or @timeout_ms passes; one row back.\n"
         + _procedure("wait_for", [("@request_id", "BIGINT"), ("@timeout_ms", "INT = 30000")],
-                     wait_for),
-        _procedure("cancel", [("@request_id", "BIGINT")], cancel),
-        _procedure("retry", [("@request_id", "BIGINT")], retry),
-        _procedure("schedule_sync", [("@name", "NVARCHAR(200)"), ("@operation", "NVARCHAR(100)"),
-                                     ("@params", "NVARCHAR(MAX) = N'{}'"),
-                                     ("@interval_seconds", "INT"),
-                                     ("@account", "NVARCHAR(100) = N'default'"),
-                                     ("@enabled", "BIT = 1"), ("@max_children", "INT = 1000")],
-                   schedule),
-        _procedure("unschedule_sync", [("@name", "NVARCHAR(200)")], unschedule),
-        _procedure("take_messages", [("@consumer", "NVARCHAR(200)"), ("@max", "INT = 100")],
-                   take),
+                     wait_for, callers),
+        "-- Cancel a request that has not been claimed yet.\n"
+        + _procedure("cancel", [("@request_id", "BIGINT")], cancel, callers),
+        "-- Queue a failed, uncertain or cancelled request again (an operator's decision).\n"
+        + _procedure("retry", [("@request_id", "BIGINT")], retry, (OPERATOR,)),
+        "-- Create or change a schedule: the worker enqueues @operation every @interval_seconds.\n"
+        + _procedure("schedule_sync", [("@name", "NVARCHAR(200)"),
+                                       ("@operation", "NVARCHAR(100)"),
+                                       ("@params", "NVARCHAR(MAX) = N'{}'"),
+                                       ("@interval_seconds", "INT"),
+                                       ("@account", "NVARCHAR(100) = N'default'"),
+                                       ("@enabled", "BIT = 1"), ("@max_children", "INT = 1000")],
+                     schedule, (OPERATOR,)),
+        "-- Remove a schedule by name.\n"
+        + _procedure("unschedule_sync", [("@name", "NVARCHAR(200)")], unschedule, (OPERATOR,)),
+        "-- Incoming chat messages nobody has taken, now taken by @consumer (each one once).\n"
+        + _procedure("take_messages", [("@consumer", "NVARCHAR(200)"), ("@max", "INT = 100")],
+                     take, callers),
     ]
 
 
 def procedures_script() -> str:
-    parts = [HEADER, "-- Repeatable: re-applied whenever this file changes.\n"]
+    parts = [HEADER, "-- Repeatable: re-applied whenever this file changes. Runs after "
+             "100_roles.sql (the roles\n-- it grants to) and the engine script "
+             "(sqlbridge.sleep_ms).\n"]
     parts += generic_procedures()
     parts += [endpoint_procedure(op) for op in registry.OPERATIONS.values()]
     return "\n".join(parts)
 
 
 VIEWS = {
+    # Counts by operation and status; for queued rows, how long the oldest one has waited.
     "queue_summary": f"""SELECT operation, status, COUNT(*) AS requests,
-    MIN(created_at) AS oldest_created_at, MAX(finished_at) AS last_finished_at
+    MIN(created_at) AS oldest_created_at,
+    CASE WHEN status = N'queued'
+        THEN DATEDIFF(second, MIN(created_at), SYSUTCDATETIME()) END AS oldest_queued_age_seconds,
+    MAX(finished_at) AS last_finished_at
 FROM {SCHEMA}.outbox GROUP BY operation, status""",
+    # What went wrong in the last seven days.
     "failures": f"""SELECT id, operation, account, status, attempts, http_status, error_code,
     error_message, correlation, created_at, finished_at
-FROM {SCHEMA}.outbox WHERE status IN (N'failed', N'uncertain')""",
+FROM {SCHEMA}.outbox
+WHERE status IN (N'failed', N'uncertain') AND finished_at >= DATEADD(day, -7, SYSUTCDATETIME())""",
+    # In flight, but the worker stopped renewing its lease (lease recovery will take them).
     "stuck_leases": f"""SELECT id, operation, locked_by, locked_until, attempts, started_at
 FROM {SCHEMA}.outbox WHERE status = N'processing' AND locked_until < SYSUTCDATETIME()""",
+    # Results for callers: the request without its params, with the response.
     "request_results": f"""SELECT id, request_key, account, provider, operation, status, attempts,
     http_status, response, error_code, error_message, correlation, created_at, finished_at
 FROM {SCHEMA}.outbox""",
@@ -380,63 +467,99 @@ FROM {SCHEMA}.outbox""",
 
 
 def views_script() -> str:
-    out = [HEADER, "-- Repeatable. Babelfish has no ALTER VIEW, so views are dropped and "
-           "created again\n-- (their grants are re-run by the roles script).\n"]
+    out = [HEADER, "-- Repeatable. Babelfish has no ALTER VIEW, so each view is dropped, created "
+           "again and\n-- granted again (dropping a view drops its permissions).\n"]
     for name, select in VIEWS.items():
+        grants = "".join(f"GRANT SELECT ON {SCHEMA}.{name} TO {role};\n"
+                         for role in (CALLER, OPERATOR))
         out.append(f"IF OBJECT_ID(N'{SCHEMA}.{name}', N'V') IS NOT NULL DROP VIEW "
-                   f"{SCHEMA}.{name};\n{GO}\nCREATE VIEW {SCHEMA}.{name} AS\n{select};\n{GO}\n")
+                   f"{SCHEMA}.{name};\n{GO}\nCREATE VIEW {SCHEMA}.{name} AS\n{select};\n{GO}\n"
+                   f"{grants}{GO}\n")
     return "\n".join(out)
 
 
-CALLER_PROCEDURES = ("enqueue", "afilnet_call", "wait_for", "cancel", "retry", "take_messages",
-                     "schedule_sync", "unschedule_sync")
+ROLES = {
+    CALLER: "enqueue (endpoint procedures, enqueue, afilnet_call, "
+            "invoke_external_rest_endpoint), wait_for, cancel, take_messages; read the views "
+            "and the inbox tables",
+    OPERATOR: "everything sqlbridge_caller may, plus retry, schedule_sync and unschedule_sync",
+    WORKER: "the worker's login: read and write the sqlbridge tables, nothing else",
+}
+# What the worker's statements touch (sqlbridge.queue, inbox, sync, messages, the CLI's purge).
+WORKER_GRANTS = {
+    "outbox": "SELECT, INSERT, UPDATE, DELETE",
+    "outbox_attempt": "SELECT, INSERT, DELETE",
+    "sync_schedule": "SELECT, INSERT, UPDATE, DELETE",
+    "schema_version": "SELECT",
+    **{t.name: "SELECT, INSERT, UPDATE" for t in INBOX_TABLES},
+}
 
 
 def roles_script() -> str:
-    procs = list(CALLER_PROCEDURES) + [op.procedure for op in registry.OPERATIONS.values()]
-    out = [HEADER, "-- Repeatable. Procedures reach the tables through ownership chaining, so "
-           "callers\n-- need EXECUTE only. Nothing here is server-level.\n",
-           "IF DATABASE_PRINCIPAL_ID(N'sqlbridge_caller') IS NULL CREATE ROLE sqlbridge_caller;",
-           "IF DATABASE_PRINCIPAL_ID(N'sqlbridge_worker') IS NULL CREATE ROLE sqlbridge_worker;",
-           GO]
-    out += [f"GRANT EXECUTE ON {SCHEMA}.{p} TO sqlbridge_caller;" for p in procs]
-    out += [f"GRANT SELECT ON {SCHEMA}.{v} TO sqlbridge_caller;" for v in VIEWS]
-    out += [f"GRANT SELECT ON {SCHEMA}.{t.name} TO sqlbridge_caller;" for t in INBOX_TABLES]
+    out = [HEADER, "-- Repeatable. Database roles only; nothing here is server-level. Callers "
+           "reach the tables\n-- through the procedures (ownership chaining), so they get "
+           "EXECUTE on those (granted next\n-- to each procedure in 110_procedures.sql), SELECT "
+           "on the views (120_views.sql) and\n-- SELECT on the inbox tables (below). A DBA "
+           "adds users to the roles (docs/sqlserver.md):\n"
+           "--   CREATE LOGIN app_login WITH PASSWORD = N'...';\n"
+           "--   CREATE USER app_user FOR LOGIN app_login;\n"
+           f"--   ALTER ROLE {CALLER} ADD MEMBER app_user;\n"]
+    for role, what in ROLES.items():
+        out.append(f"-- {role}: {what}\nIF DATABASE_PRINCIPAL_ID(N'{role}') IS NULL "
+                   f"EXEC (N'CREATE ROLE {role}');")
     out.append(GO)
-    worker = {"outbox": "SELECT, INSERT, UPDATE, DELETE", "outbox_attempt": "SELECT, INSERT, DELETE",
-              "sync_schedule": "SELECT, INSERT, UPDATE", "schema_version": "SELECT",
-              **{t.name: "SELECT, INSERT, UPDATE" for t in INBOX_TABLES}}
-    out += [f"GRANT {perms} ON {SCHEMA}.{t} TO sqlbridge_worker;" for t, perms in worker.items()]
+    out.append("-- Callers read what the worker fetched.")
+    out += [f"GRANT SELECT ON {SCHEMA}.{t.name} TO {role};"
+            for t in INBOX_TABLES for role in (CALLER, OPERATOR)]
+    out.append(GO)
+    out.append("-- The worker reads and writes tables: no EXECUTE, no DDL, no server permission.")
+    out += [f"GRANT {perms} ON {SCHEMA}.{t} TO {WORKER};" for t, perms in WORKER_GRANTS.items()]
     out.append(GO)
     return "\n".join(out) + "\n"
 
 
 ENGINE_SCRIPTS = {
-    "sqlserver": _procedure("sleep_ms", [("@ms", "INT")], """    -- The only engine-specific code: SQL Server, Azure SQL and Managed Instance can sleep.
+    "sqlserver": _procedure("sleep_ms", [("@ms", "INT")], """    -- SQL Server, Azure SQL Database and Managed Instance: WAITFOR sleeps without using CPU.
+    IF @ms IS NULL OR @ms <= 0 RETURN 0;
     DECLARE @delay DATETIME = DATEADD(millisecond, @ms, CAST('19000101' AS DATETIME));
     WAITFOR DELAY @delay;
     RETURN 0;"""),
-    "babelfish": _procedure("sleep_ms", [("@ms", "INT")], """    -- Babelfish has no WAITFOR. Returning 1 tells wait_for it cannot sleep here, so it
-    -- answers with the request's current row at once; poll it from the client instead.
-    RETURN 1;"""),
+    "babelfish": _procedure("sleep_ms", [("@ms", "INT")], """    -- Babelfish has no WAITFOR, so this waits on the clock: it keeps one CPU busy for @ms.
+    -- wait_for calls it for at most 250 ms at a time; for long waits, poll
+    -- sqlbridge.request_results from the client instead of calling wait_for.
+    IF @ms IS NULL OR @ms <= 0 RETURN 0;
+    DECLARE @until DATETIME2(3) = DATEADD(millisecond, @ms, SYSUTCDATETIME());
+    WHILE SYSUTCDATETIME() < @until
+        SET @ms = @ms;
+    RETURN 0;"""),
 }
+ENGINE_HEADER = ("-- Engine-specific: install applies engine/babelfish.sql when "
+                 "SERVERPROPERTY('BabelfishVersion')\n-- is set, engine/sqlserver.sql otherwise. "
+                 "Only sqlbridge.sleep_ms lives here.\n")
 
 
 def scripts() -> dict[str, str]:
-    """Every generated file, by path relative to ``sql/``."""
+    """Every generated file, by path relative to ``sql/``, in the order install applies them
+    (only one of the two engine scripts is applied)."""
     return {
         "001_schema.sql": schema_script(),
-        "engine/sqlserver.sql": HEADER + ENGINE_SCRIPTS["sqlserver"],
-        "engine/babelfish.sql": HEADER + ENGINE_SCRIPTS["babelfish"],
-        "100_procedures.sql": procedures_script(),
-        "110_views.sql": views_script(),
-        "120_roles.sql": roles_script(),
+        "engine/sqlserver.sql": HEADER + ENGINE_HEADER + ENGINE_SCRIPTS["sqlserver"],
+        "engine/babelfish.sql": HEADER + ENGINE_HEADER + ENGINE_SCRIPTS["babelfish"],
+        "100_roles.sql": roles_script(),
+        "110_procedures.sql": procedures_script(),
+        "120_views.sql": views_script(),
     }
 
 
 def write(directory: Path = SQL_DIR) -> list[Path]:
+    """Write every script and delete .sql files no longer generated, so a renamed script
+    cannot linger in sql/ and be installed as well."""
+    wanted = scripts()
+    for old in sorted(directory.rglob("*.sql")) if directory.exists() else []:
+        if old.relative_to(directory).as_posix() not in wanted:
+            old.unlink()
     written = []
-    for rel, text in scripts().items():
+    for rel, text in wanted.items():
         path = directory / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8", newline="\n")
