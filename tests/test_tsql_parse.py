@@ -461,3 +461,12 @@ def test_roles_grant_exactly_what_the_contract_says() -> None:
     for role in g:
         assert (f"IF DATABASE_PRINCIPAL_ID(N'{role}') IS NULL EXEC (N'CREATE ROLE {role}');"
                 in roles)
+
+
+def test_the_sql_server_doc_lists_every_error_number_and_seed_replacement() -> None:
+    doc = (SQL.parent / "docs" / "sqlserver.md").read_text(encoding="utf-8")
+    rows = dict((code, int(number)) for number, code in
+                re.findall(r"^\| (\d{5}) \| ([A-Z_]+) \|", doc, re.M))
+    assert rows == registry.ERROR_NUMBERS
+    for op in registry.operations_for("afilnet"):
+        assert f"EXEC sqlbridge.{op.procedure} " in doc, op.name
