@@ -921,7 +921,7 @@ BEGIN
     SET @url = LTRIM(RTRIM(@url));
     IF @url IS NULL BEGIN SET @msg = N'http.request: parameter ''url'' is required'; THROW 51001, @msg, 1; END
     IF LEN(@url + N'x') - 1 > 2048 BEGIN SET @msg = N'http.request: parameter ''url'' is longer than 2048 characters'; THROW 51007, @msg, 1; END
-    IF NOT (@url LIKE N'http://%' OR @url LIKE N'https://%') OR @url LIKE N'http://[/:?#]%' OR @url LIKE N'https://[/:?#]%' OR @url IN (N'http://', N'https://') OR CHARINDEX(N' ', @url) > 0 BEGIN SET @msg = CONCAT(N'http.request: parameter ''url'' must be an http:// or https:// URL; got ''', CASE WHEN LEN(@url) > 100 THEN LEFT(@url, 97) + N'...' ELSE @url END, N''''); THROW 51002, @msg, 1; END
+    IF NOT (@url LIKE N'http://%' OR @url LIKE N'https://%') OR @url LIKE N'http://[/:?#]%' OR @url LIKE N'https://[/:?#]%' OR @url IN (N'http://', N'https://') OR CHARINDEX(N' ', @url) > 0 BEGIN SET @msg = CONCAT(N'http.request: parameter ''url'' must be an http:// or https:// URL; got ''', CASE WHEN LEN(@url) > 100 THEN LEFT(@url, 97) + N'...' ELSE @url END, N''''); THROW 51013, @msg, 1; END
     IF LTRIM(RTRIM(@method)) = N'' SET @method = NULL;
     IF @method IS NULL SET @method = N'POST';
     SET @method = CASE LOWER(@method) WHEN N'delete' THEN N'DELETE' WHEN N'get' THEN N'GET' WHEN N'head' THEN N'HEAD' WHEN N'patch' THEN N'PATCH' WHEN N'post' THEN N'POST' WHEN N'put' THEN N'PUT' ELSE @method END;

@@ -34,6 +34,7 @@ from sqlalchemy import (
     exists,
     insert,
     select,
+    true,
     update,
 )
 from sqlalchemy.dialects import mssql
@@ -196,7 +197,7 @@ def _clear_unread(conn: Connection, account: str, params: dict[str, Any],
     chat = and_(m.c.account == account, m.c.platform == str(params["platform"]),
                 m.c.platformid == str(params["platformid"]),
                 m.c.destination == str(params["destination"]))
-    stored = conn.execute(select(m.c.messageid).where(chat, m.c.unread.is_(True))).scalars()
+    stored = conn.execute(select(m.c.messageid).where(chat, m.c.unread == true())).scalars()
     read = sorted(set(stored) - still_unread)
     cleared = 0
     for i in range(0, len(read), KEY_CHUNK):
@@ -254,6 +255,15 @@ def mssql_statements() -> dict[str, str]:
         out[f"{name}_existing"] = str(probe.compile(dialect=dialect))
         out[f"{name}_update"] = str(update_statement(target).compile(dialect=dialect))
         out[f"{name}_insert"] = str(insert_statement(target).compile(dialect=dialect))
+    # The unread-clearing pair of chat_message_unread (a boolean test spelled for T-SQL).
+    m = schema.chat_message
+    chat = and_(m.c.account == "a", m.c.platform == "p", m.c.platformid == "i",
+                m.c.destination == "d")
+    out["unread_stored"] = str(select(m.c.messageid).where(chat, m.c.unread == true())
+                               .compile(dialect=dialect))
+    out["unread_clear"] = str(update(m).where(chat, m.c.messageid.in_(["x", "y"]))
+                              .values(unread=False, last_seen=utcnow(), request_id=1)
+                              .compile(dialect=dialect))
     return out
 
 

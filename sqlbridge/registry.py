@@ -59,6 +59,7 @@ ERROR_NUMBERS: dict[str, int] = {
     "MISSING_USER_IDENTITY": 51010,
     "INVALID_PARAMS_JSON": 51011,
     "INVALID_ARGUMENT": 51012,
+    "INCORRECT_URL": 51013,
     "REQUEST_NOT_FOUND": 51020,
     "INVALID_STATE": 51021,
     "WAIT_IN_TRANSACTION": 51022,
@@ -73,7 +74,7 @@ MESSAGES: dict[str, str] = {
     "INCORRECT_FILETYPE": "{operation}: parameter '{param}' must be one of {allowed}; got '{got}'",
     "INCORRECT_FILEURL": _URL_MESSAGE,
     "INCORRECT_THUMBURL": _URL_MESSAGE,
-    "URL": _URL_MESSAGE,
+    "INCORRECT_URL": _URL_MESSAGE,
     "PARAM_TOO_LONG": "{operation}: parameter '{param}' is longer than {max_length} characters",
     "INVALID_PARAM_TYPE": "{operation}: parameter '{param}' must be {type_desc}",
     "INVALID_DATE":
@@ -276,7 +277,7 @@ _DECLARED: tuple[Operation, ...] = (
         "http",
         "http.request",
         (
-            Param("url", type="url", required=True, max_length=2048, error_code="URL",
+            Param("url", type="url", required=True, max_length=2048, error_code="INCORRECT_URL",
                   description="Absolute URL; its host must be allowed by the account"),
             Param("method", allowed=HTTP_METHODS, default="POST",
                   aliases={m.lower(): m for m in HTTP_METHODS}),
@@ -406,7 +407,7 @@ def _check_value(op: Operation, p: Param, value: Any) -> Any:
     if p.type == "url":
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname or " " in value:
-            raise fail(p.error_code if p.error_code != "INVALID_PARAM_VALUE" else "URL",
+            raise fail(p.error_code if p.error_code != "INVALID_PARAM_VALUE" else "INCORRECT_URL",
                        got=_shorten(value))
     if p.type == "date":
         try:

@@ -171,7 +171,7 @@ def _checks(op: Operation, p: Param) -> list[str]:
             "PARAM_TOO_LONG", _message_sql("PARAM_TOO_LONG", operation=op.name, param=p.name,
                                            max_length=p.max_length)))
     if p.type == "url":
-        code = p.error_code if p.error_code != "INVALID_PARAM_VALUE" else "URL"
+        code = p.error_code if p.error_code != "INVALID_PARAM_VALUE" else "INCORRECT_URL"
         number_code = code if code in ERROR_NUMBERS else "INVALID_PARAM_VALUE"
         bad = (f"NOT ({v} LIKE N'http://%' OR {v} LIKE N'https://%') "
                f"OR {v} LIKE N'http://[/:?#]%' OR {v} LIKE N'https://[/:?#]%' "

@@ -266,10 +266,14 @@ def test_an_unknown_writer_is_refused(engine: Engine) -> None:
 
 def test_the_sql_server_statements_are_portable() -> None:
     statements = inbox.statements_for_mssql()
+    unread = {"unread_stored", "unread_clear"}
     assert set(statements) == {f"{t}_{kind}" for t in inbox.TARGETS
-                               for kind in ("existing", "update", "insert")}
+                               for kind in ("existing", "update", "insert")} | unread
     for name, sql in statements.items():
-        assert "MERGE" not in sql.upper() and "WITH (UPDLOCK, HOLDLOCK)" in sql, name
+        assert "MERGE" not in sql.upper(), name
+        assert name in unread or "WITH (UPDLOCK, HOLDLOCK)" in sql, name
+    # T-SQL has no boolean literal test: "unread IS 1" would not parse on SQL Server.
+    assert "unread = 1" in statements["unread_stored"]
     insert = statements["chat_message_insert"]
     assert "WHERE NOT (EXISTS (SELECT" in insert and "CAST(" in insert
     assert statements["chat_message_update"].startswith(

@@ -295,7 +295,8 @@ def test_the_schedule_commands(db_url: str, engine: Engine) -> None:
 
 
 def test_the_scheduler_statements_parse_as_t_sql(tmp_path: Path) -> None:
-    from tests.test_tsql import _parsable, parse_errors
+    from tests.test_tsql_parse import as_tsql as _parsable
+    from tests.test_tsql_parse import parse_errors
 
     statements = sync.mssql_statements()
     assert "WITH (ROWLOCK, READPAST, UPDLOCK)" in statements["schedule_pick"]

@@ -102,7 +102,8 @@ def test_the_take_command_prints_json(db_url: str, engine: Engine) -> None:
 
 
 def test_the_sql_server_statement_skips_locked_rows_and_parses(tmp_path: Path) -> None:
-    from tests.test_tsql import _parsable, parse_errors
+    from tests.test_tsql_parse import as_tsql as _parsable
+    from tests.test_tsql_parse import parse_errors
 
     sql = mssql_statements()["take_messages"]
     assert "WITH (ROWLOCK, READPAST, UPDLOCK)" in sql and "OUTPUT inserted.id" in sql
