@@ -15,10 +15,13 @@ BEGIN
     -- Babelfish has no WAITFOR, so this waits on the clock: it keeps one CPU busy for @ms.
     -- wait_for calls it for at most 250 ms at a time; for long waits, poll
     -- sqlbridge.request_results from the client instead of calling wait_for.
+    -- The spin count also ends the loop: if SYSUTCDATETIME() stood still inside a
+    -- transaction (as PostgreSQL's transaction timestamps do), the clock alone never would.
     IF @ms IS NULL OR @ms <= 0 RETURN 0;
     DECLARE @until DATETIME2(3) = DATEADD(millisecond, @ms, SYSUTCDATETIME());
-    WHILE SYSUTCDATETIME() < @until
-        SET @ms = @ms;
+    DECLARE @spins INT = 0;
+    WHILE SYSUTCDATETIME() < @until AND @spins < 200000
+        SET @spins = @spins + 1;
     RETURN 0;
 END;
 GO
