@@ -8,7 +8,7 @@ from typing import Any
 import click
 from sqlalchemy import inspect, text
 
-from .cli import Context, common
+from .cli_support import Context, common
 from .config import Account
 from .schema import SCHEMA, metadata
 

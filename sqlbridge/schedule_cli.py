@@ -1,47 +1,15 @@
-"""Commands for scheduled sync: ``schedule add|list|remove|run-now``, ``sync`` and ``take``.
-
-``sqlbridge.cli`` imports this module at its end to register the commands, so this module must
-not need ``sqlbridge.cli`` while it is being imported (importing it first would otherwise fail
-on the half-built cycle): ``common`` below declares the same two options and hands the call to
-``cli.common`` when a command runs.
-"""
+"""Commands for scheduled sync: ``schedule add|list|remove|run-now``, ``sync`` and ``take``."""
 
 from __future__ import annotations
 
-import functools
 import sys
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
 from . import messages
 from . import sync as sync_mod
-
-if TYPE_CHECKING:
-    from .cli import Context
-
-
-def common(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``sqlbridge.cli.common`` (--database-url, --config, errors as exit codes), bound late."""
-
-    @click.option("--config", "config_path", type=click.Path(dir_okay=False),
-                  help="TOML settings file (default: ./sqlbridge.toml when present).")
-    @click.option("--database-url", envvar="SQLBRIDGE_DATABASE_URL",
-                  help="SQLAlchemy URL (default: sqlite:///sqlbridge.db).")
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from . import cli
-
-        return cli.common(fn)(*args, **kwargs)
-
-    return wrapper
-
-
-def _cli() -> Any:
-    from . import cli
-
-    return cli
+from .cli_support import Context, _parse_param, _print_json, _table, common
 
 
 @click.group()
@@ -63,7 +31,7 @@ def schedule() -> None:
 def add(ctx: Context, name: str, operation: str, param: tuple[str, ...], json_text: str | None,
         interval: str, account: str, disabled: bool, max_children: int) -> None:
     """Create or update schedule NAME running OPERATION (or sync.chats)."""
-    params: dict[str, Any] = _cli()._parse_param(param, json_text)
+    params: dict[str, Any] = _parse_param(param, json_text)
     sid = sync_mod.add_schedule(ctx.engine, name, operation, params, interval, account=account,
                                 enabled=not disabled, max_children=max_children)
     click.echo(f"schedule {name} (id {sid}) saved")
@@ -76,14 +44,14 @@ def list_(ctx: Context, as_json: bool) -> None:
     """Every schedule with its next run and how its last run stands."""
     rows = sync_mod.list_schedules(ctx.engine)
     if as_json:
-        _cli()._print_json(rows)
+        _print_json(rows)
         return
     if not rows:
         click.echo("no schedules")
         return
     for r in rows:
         r["last_run_state"] = ", ".join(f"{k} {v}" for k, v in sorted(r["last_run"].items()))
-    click.echo(_cli()._table(rows, ["name", "operation", "account", "interval_seconds",
+    click.echo(_table(rows, ["name", "operation", "account", "interval_seconds",
                                     "enabled", "next_run_at", "last_run_at", "last_status",
                                     "last_run_state", "last_error"]))
 
@@ -150,10 +118,10 @@ def sync(ctx: Context, account: str, unread_only: bool) -> None:
     click.echo(f"sync finished in {summary.seconds:.1f}s, requests: " + ", ".join(
         f"{k} {v}" for k, v in sorted(summary.requests.items())))
     rows = [{"table": t, **c} for t, c in summary.tables.items()]
-    click.echo(_cli()._table(rows, ["table", "inserted", "updated"]))
+    click.echo(_table(rows, ["table", "inserted", "updated"]))
     if summary.failures:
         click.echo("failed requests:")
-        click.echo(_cli()._table(summary.failures,
+        click.echo(_table(summary.failures,
                                  ["id", "operation", "status", "error_code", "error_message"]))
         sys.exit(1)
 
@@ -167,9 +135,9 @@ def take(ctx: Context, consumer: str, limit: int, as_json: bool) -> None:
     """Take incoming messages nobody has taken yet (each goes to one consumer, once)."""
     rows = messages.take_messages(ctx.engine, consumer, limit)
     if as_json:
-        _cli()._print_json(rows)
+        _print_json(rows)
     elif rows:
-        click.echo(_cli()._table(rows, ["id", "platform", "platformid", "destination",
+        click.echo(_table(rows, ["id", "platform", "platformid", "destination",
                                         "message"]))
     else:
         click.echo("no new messages")
