@@ -15,18 +15,15 @@ Usage: .venv/bin/python scripts/bench_ingest.py [--messages N] [--channels C] [-
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
+
+# The sandbox in its own process, started the same way as for the queue benchmark.
+from bench_queue import sandbox_process  # noqa: E402 - a sibling script
 
 from sqlbridge import inbox, sync
 from sqlbridge.config import Settings, WorkerSettings
@@ -57,27 +54,6 @@ def upsert_rates(workdir: Path, messages: int, batch: int) -> tuple[float, float
     return rates[0], rates[1]
 
 
-@contextlib.contextmanager
-def sandbox_process() -> Iterator[Sandbox]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "sqlbridge", "sandbox", "--port", str(port)],
-                            stdout=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        yield Sandbox(port=port)  # not started here: only its URLs and credentials are used
-    finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=10)
 
 
 def populate(sb: Sandbox, **sizes: int) -> int:
@@ -94,7 +70,7 @@ def end_to_end(workdir: Path, channels: int, chats: int, per_chat: int,
     engine = make_engine(url)
     install(engine)
     runs = []
-    with sandbox_process() as sb:
+    with sandbox_process(0.0) as sb:
         total = populate(sb, channels=channels, chats_per_channel=chats,
                          messages_per_chat=per_chat)
         settings = Settings(database_url=url, accounts={"default": sb.account()},
