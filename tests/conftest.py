@@ -13,6 +13,7 @@ from sqlalchemy import Engine, delete
 from sqlbridge.config import Settings, WorkerSettings
 from sqlbridge.db import make_engine
 from sqlbridge.install import install
+from sqlbridge.providers import Providers, build_providers
 from sqlbridge.queue import Queue
 from sqlbridge.sandbox import Sandbox
 from sqlbridge.schema import metadata
@@ -79,3 +80,11 @@ def sandbox() -> Iterator[Sandbox]:
 def live(settings: Settings, sandbox: Sandbox) -> Settings:
     """Settings whose default account points at the sandbox."""
     return dataclasses.replace(settings, accounts={"default": sandbox.account("default")})
+
+
+@pytest.fixture
+def providers() -> Iterator[Providers]:
+    """The worker's provider clients (one pooled session), closed after the test."""
+    p = build_providers(pool_size=8)
+    yield p
+    p.close()

@@ -7,7 +7,6 @@ import dataclasses
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,19 +14,12 @@ import pytest
 from sqlbridge import registry
 from sqlbridge.config import Account, Secret
 from sqlbridge.errors import ConfigError, ProtocolError, ProviderError, TransientError
-from sqlbridge.providers import CallResult, Providers, build_providers
+from sqlbridge.providers import CallResult, Providers
 from sqlbridge.providers.afilnet import ERRORS, describe, records, result_list
 from sqlbridge.sandbox import SANDBOX_AFILNET_PASSWORD, SANDBOX_AFILNET_USER, Sandbox
 
 CHAT = {"platform": "whatsapp", "platformid": "100", "destination": "34600001000"}
 SECRETS = (SANDBOX_AFILNET_PASSWORD, SANDBOX_AFILNET_USER)
-
-
-@pytest.fixture
-def providers() -> Iterator[Providers]:
-    p = build_providers(pool_size=4)
-    yield p
-    p.close()
 
 
 def call(providers: Providers, account: Account, operation: str,

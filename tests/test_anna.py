@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -15,7 +14,7 @@ import pytest
 from sqlbridge import registry
 from sqlbridge.config import Account, Secret
 from sqlbridge.errors import ConfigError, ProtocolError, ProviderError, TransientError
-from sqlbridge.providers import CallResult, Providers, build_providers
+from sqlbridge.providers import CallResult, Providers
 from sqlbridge.providers.anna import (
     FILTER_KEYS,
     body_for,
@@ -33,13 +32,6 @@ from sqlbridge.sandbox import (
 
 TOKEN = "anna/REST/Credentials/GetToken"
 SECRETS = (SANDBOX_ANNA_COMPANY_HASH, SANDBOX_ANNA_PASSWORD, SANDBOX_ANNA_USER)
-
-
-@pytest.fixture
-def providers() -> Iterator[Providers]:
-    p = build_providers(pool_size=8)
-    yield p
-    p.close()
 
 
 def call(providers: Providers, account: Account, operation: str,

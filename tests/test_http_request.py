@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import socket
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,17 +13,10 @@ import pytest
 from sqlbridge import registry
 from sqlbridge.config import Account, Secret
 from sqlbridge.errors import ProtocolError, ProviderError, TransientError
-from sqlbridge.providers import CallResult, Providers, build_providers
+from sqlbridge.providers import CallResult, Providers
 from sqlbridge.sandbox import Sandbox
 
 API_KEY = "k-secret-123456"
-
-
-@pytest.fixture
-def providers() -> Iterator[Providers]:
-    p = build_providers(pool_size=4)
-    yield p
-    p.close()
 
 
 def call(providers: Providers, account: Account, params: dict[str, Any]) -> CallResult:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import Engine, func, select
 
 from sqlbridge import demo, inbox, registry, schema
-from sqlbridge.providers import Providers, build_providers
+from sqlbridge.providers import Providers
 from sqlbridge.queue import Queue
 from sqlbridge.sandbox import Sandbox
 
@@ -123,13 +122,6 @@ def test_queue_and_inbox_share_one_transaction(queue: Queue) -> None:
 # -- both upsert forms, fed by the real clients ----------------------------------------------
 
 SB_CHAT = {"platform": "whatsapp", "platformid": "100", "destination": "34600001000"}
-
-
-@pytest.fixture
-def providers() -> Iterator[Providers]:
-    p = build_providers(pool_size=4)
-    yield p
-    p.close()
 
 
 def fetch_and_store(engine: Engine, providers: Providers, sb: Sandbox, operation: str,

@@ -24,13 +24,6 @@ CHAT = {"platform": "whatsapp", "platformid": "100", "destination": "34600001000
 
 
 @pytest.fixture
-def providers() -> Iterator[Providers]:
-    p = build_providers(pool_size=4)
-    yield p
-    p.close()
-
-
-@pytest.fixture
 def sb() -> Iterator[Sandbox]:
     with Sandbox(seed=2) as sandbox:
         yield sandbox
