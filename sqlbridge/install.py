@@ -36,7 +36,7 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 from .errors import ConfigError
 from .schema import metadata, schema_version
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+SQL_DIR = Path(__file__).resolve().parent / "sql"
 ENGINE_SCRIPTS = {False: "engine/sqlserver.sql", True: "engine/babelfish.sql"}
 SQLITE_VERSION = "sqlite:metadata"
 _GO = re.compile(r"^[ \t]*GO[ \t]*;?[ \t]*$", re.IGNORECASE | re.MULTILINE)
@@ -53,7 +53,8 @@ def ordered_scripts(babelfish: bool = False, directory: Path = SQL_DIR) -> list[
     """Script names, relative to ``directory``, in the order they are applied."""
     if not directory.is_dir():
         raise ConfigError(f"T-SQL scripts directory {directory} is missing: install sqlbridge "
-                          "from a full checkout or a wheel that includes sql/")
+                          "again (pip install --force-reinstall sqlbridge); the package ships "
+                          "them in sqlbridge/sql/")
     numbered = sorted(p.name for p in directory.glob("*.sql") if _NUMBERED.match(p.name))
     versioned = [n for n in numbered if is_versioned(n)]
     repeatable = [n for n in numbered if not is_versioned(n)]
@@ -64,7 +65,7 @@ def read(name: str, directory: Path = SQL_DIR) -> str:
     path = directory / name
     if not path.is_file():
         raise ConfigError(f"T-SQL script {path} is missing: install sqlbridge from a full "
-                          "checkout or a wheel that includes sql/")
+                          "checkout or a wheel (pip install --force-reinstall sqlbridge)")
     return path.read_text(encoding="utf-8")
 
 

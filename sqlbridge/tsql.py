@@ -25,7 +25,7 @@ from . import registry
 from .registry import ERROR_NUMBERS, Operation, Param
 from .schema import FINISHED, INBOX_TABLES, SCHEMA, metadata
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+SQL_DIR = Path(__file__).resolve().parent / "sql"
 GO = "GO"
 COMMON_PARAMS = (
     ("@account", "NVARCHAR(100) = N'default'"),

@@ -464,7 +464,7 @@ def test_roles_grant_exactly_what_the_contract_says() -> None:
 
 
 def test_the_sql_server_doc_lists_every_error_number_and_seed_replacement() -> None:
-    doc = (SQL.parent / "docs" / "sqlserver.md").read_text(encoding="utf-8")
+    doc = (SQL.parent.parent / "docs" / "sqlserver.md").read_text(encoding="utf-8")
     rows = dict((code, int(number)) for number, code in
                 re.findall(r"^\| (\d{5}) \| ([A-Z_]+) \|", doc, re.M))
     assert rows == registry.ERROR_NUMBERS
