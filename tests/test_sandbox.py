@@ -547,13 +547,22 @@ def test_stop_closes_keep_alive_connections_and_held_requests() -> None:
     session = requests.Session()
     assert session.get(sb.echo_url, timeout=5).ok
     sb.fail_next(1, "timeout")
-    held = threading.Thread(target=lambda: pytest.raises(
-        requests.RequestException, requests.get, sb.echo_url, timeout=30))
+    outcome: list[object] = []
+
+    def hold() -> None:
+        # The assertion on this request's fate is made below, in the test's own thread.
+        try:
+            outcome.append(requests.get(sb.echo_url, timeout=30))
+        except requests.RequestException as exc:
+            outcome.append(exc)
+
+    held = threading.Thread(target=hold)
     held.start()
     time.sleep(0.1)
     started = time.perf_counter()
     sb.stop()
     held.join(timeout=5)
     assert time.perf_counter() - started < 2 and not held.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], requests.RequestException), outcome
     with pytest.raises(requests.ConnectionError):
         session.get(sb.echo_url, timeout=2)
