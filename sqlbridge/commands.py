@@ -72,7 +72,7 @@ def _account_checks(account: Account) -> list[tuple[str, str, str]]:
                 f"missing {', '.join(missing)}" if missing else f"base URL {n.url}"))
     hosts = account.http.allowed_hosts
     out.append(("ok", f"account {account.name}: http",
-                f"allowed hosts: {', '.join(hosts)}" if hosts else "no allowed hosts "
+                f"allowed hosts: {', '.join(map(str, hosts))}" if hosts else "no allowed hosts "
                 "(http.request refuses every URL)"))
     return out
 

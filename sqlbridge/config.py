@@ -4,11 +4,17 @@ Credentials are grouped in named accounts; a request names its account, never it
 secret is wrapped in ``Secret`` so that a stray ``repr``, log line or exception message shows
 ``***`` instead of the value. A bad setting raises ``ConfigError`` naming the setting and what
 is allowed, which the CLI prints as one line.
+
+Container secrets: every ``SQLBRIDGE_*`` variable may instead be given as ``SQLBRIDGE_*_FILE``,
+the path of a file holding the value (one trailing newline is dropped). A TOML file that holds
+secrets and can be read by group or others gets one warning per process.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -16,7 +22,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .allowlist import Entry, parse_entry
 from .errors import ConfigError
+from .redact import credential_parts
+
+log = logging.getLogger(__name__)
 
 DEFAULT_DATABASE_URL = "sqlite:///sqlbridge.db"
 DEFAULT_CONFIG_FILE = "sqlbridge.toml"
@@ -61,6 +71,12 @@ class Transport:
     # Send again a request whose outcome is unknown (read timeout, worker death) instead of
     # marking it `uncertain`. Off by default: a duplicate chat message is worse than a question.
     allow_resend: bool = False
+    # TLS certificates are checked (against ca_bundle when set); turning it off is explicit.
+    verify_tls: bool = True
+    ca_bundle: str | None = None
+    # http(s)://[user:password@]host:port for every call of this section; None: no proxy
+    # (afilnet and anna still honour HTTP(S)_PROXY from the environment, http.request does not).
+    proxy: Secret | None = None
 
 
 @dataclass(frozen=True)
@@ -83,11 +99,18 @@ class AnnaSettings(Transport):
 
 @dataclass(frozen=True)
 class HttpSettings(Transport):
-    # Hosts http.request may call; empty means none (an allowlist, like
-    # sp_invoke_external_rest_endpoint's).
-    allowed_hosts: tuple[str, ...] = ()
+    # Where http.request may go (scheme, host or *.domain, port); empty means nowhere (an
+    # allowlist, like sp_invoke_external_rest_endpoint's). Text entries are parsed on creation.
+    allowed_hosts: tuple[Entry, ...] = ()
+    # Let every entry reach loopback/private/link-local addresses (an entry can say it alone).
+    allow_private: bool = False
     # Headers added by the worker (e.g. Authorization); secret, never stored with the request.
     headers: Mapping[str, Secret] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        entries = tuple(e if isinstance(e, Entry) else parse_entry(str(e))
+                        for e in self.allowed_hosts)
+        object.__setattr__(self, "allowed_hosts", entries)
 
 
 @dataclass(frozen=True)
@@ -98,13 +121,25 @@ class Account:
     http: HttpSettings = field(default_factory=HttpSettings)
 
     def secrets(self) -> list[str]:
-        """Every secret value of the account, for scrubbing responses and messages."""
-        values: list[Secret | None] = [
-            self.afilnet.user, self.afilnet.password,
-            self.anna.company_hash, self.anna.user, self.anna.password,
-            *self.http.headers.values(),
-        ]
-        return [v.reveal() for v in values if v and len(v.reveal()) >= 3]
+        """Every secret value of the account, for scrubbing responses and messages: each
+        credential, ``user:password`` of each pair (what Basic auth encodes), each header value
+        and its credential-bearing parts (the token of ``Bearer tok``, what ``Basic`` encodes),
+        and a proxy's password. ``redact`` adds the encoded spellings of each."""
+        values: list[str] = []
+        for section in (self.afilnet, self.anna):
+            if section.user and section.password:
+                values.append(f"{section.user.reveal()}:{section.password.reveal()}")
+        for v in (self.afilnet.user, self.afilnet.password, self.anna.company_hash,
+                  self.anna.user, self.anna.password):
+            if v:
+                values.append(v.reveal())
+        for header in self.http.headers.values():
+            values.extend(credential_parts(header.reveal()))
+        for section in (self.afilnet, self.anna, self.http):
+            if section.proxy:
+                password = urlsplit(section.proxy.reveal()).password
+                values.extend([section.proxy.reveal(), *([password] if password else [])])
+        return list(dict.fromkeys(v for v in values if len(v) >= 3))
 
 
 @dataclass(frozen=True)
@@ -184,13 +219,50 @@ def _secret(setting: str, value: Any) -> Secret | None:
     return Secret(value)
 
 
-def _transport_fields(prefix: str, raw: Mapping[str, Any]) -> dict[str, Any]:
+def _ca_bundle(setting: str, value: Any) -> str:
+    if not isinstance(value, str) or not (Path(value).is_file() or Path(value).is_dir()):
+        raise ConfigError(f"setting {setting} must name a CA bundle file or directory that "
+                          f"exists; got {value!r}")
+    return value
+
+
+def _proxy(setting: str, value: Any) -> Secret:
+    try:
+        parts = urlsplit(str(value))
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        parts = urlsplit("")
+    if parts.scheme not in ("http", "https") or not parts.hostname or \
+            parts.path not in ("", "/") or parts.query:
+        raise ConfigError(f"setting {setting} must be a proxy URL such as "
+                          "http://proxy.example:3128 (http:// or https://, no path)")
+    return Secret(str(value))
+
+
+def _network_fields(prefix: str, raw: Mapping[str, Any]) -> dict[str, Any]:
+    """verify_tls, ca_bundle and proxy, checked where they are written (prefix "" at the top
+    level, "accounts.NAME." for an account, "accounts.NAME.SECTION." for a section)."""
     out: dict[str, Any] = {}
+    if raw.get("verify_tls") is not None:
+        out["verify_tls"] = _bool(f"{prefix}verify_tls", raw["verify_tls"])
+    if raw.get("ca_bundle"):
+        out["ca_bundle"] = _ca_bundle(f"{prefix}ca_bundle", raw["ca_bundle"])
+    if raw.get("proxy"):
+        out["proxy"] = _proxy(f"{prefix}proxy", raw["proxy"])
+    return out
+
+
+def _transport_fields(prefix: str, raw: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = _network_fields(f"{prefix}.", raw)
     for key in ("connect_timeout", "read_timeout", "rate_limit"):
         if raw.get(key) is not None:
             out[key] = _positive(f"{prefix}.{key}", raw[key])
     if raw.get("allow_resend") is not None:
         out["allow_resend"] = _bool(f"{prefix}.allow_resend", raw["allow_resend"])
+    if out.get("verify_tls") is False:
+        log.warning("%s.verify_tls = false: TLS certificates are not checked for these calls; "
+                    "anyone on the network path can read and change them (set ca_bundle for a "
+                    "private CA instead)", prefix)
     return out
 
 
@@ -202,7 +274,11 @@ def _check_keys(prefix: str, raw: Mapping[str, Any], allowed: set[str]) -> None:
             )
 
 
-_TRANSPORT_KEYS = {"connect_timeout", "read_timeout", "rate_limit", "allow_resend"}
+# Settable for a whole account ([accounts.NAME]) or globally (top level, SQLBRIDGE_*), and
+# inherited by each provider section that does not set them itself.
+_NETWORK_KEYS = {"verify_tls", "ca_bundle", "proxy"}
+_TRANSPORT_KEYS = {"connect_timeout", "read_timeout", "rate_limit", "allow_resend"} | \
+    _NETWORK_KEYS
 
 
 def _afilnet(prefix: str, raw: Mapping[str, Any]) -> AfilnetSettings:
@@ -236,33 +312,71 @@ def _anna(prefix: str, raw: Mapping[str, Any]) -> AnnaSettings:
     )
 
 
+_ENTRY_HELP = ("a list of entries such as \"api.example.com\" (HTTPS on 443), "
+               "\"https://*.example.com\", \"http://intranet:8080\", or tables "
+               "{ url = \"http://intranet:8080\", allow_private = true }")
+
+
+def _entry(setting: str, value: Any) -> Entry:
+    allow_private = False
+    if isinstance(value, Mapping):
+        _check_keys(setting, value, {"url", "allow_private"})
+        if value.get("allow_private") is not None:
+            allow_private = _bool(f"{setting}.allow_private", value["allow_private"])
+        value = value.get("url")
+    if not isinstance(value, str):
+        raise ConfigError(f"setting {setting} must be {_ENTRY_HELP}")
+    try:
+        return parse_entry(value, allow_private)
+    except ValueError as exc:
+        raise ConfigError(f"setting {setting}: {exc}") from None
+
+
 def _http(prefix: str, raw: Mapping[str, Any]) -> HttpSettings:
-    _check_keys(prefix, raw, _TRANSPORT_KEYS | {"allowed_hosts", "headers"})
+    _check_keys(prefix, raw, _TRANSPORT_KEYS | {"allowed_hosts", "allow_private", "headers"})
     hosts = raw.get("allowed_hosts") or ()
     if isinstance(hosts, str):
         hosts = [h.strip() for h in hosts.split(",") if h.strip()]
-    if not isinstance(hosts, list | tuple) or not all(isinstance(h, str) for h in hosts):
-        raise ConfigError(f"setting {prefix}.allowed_hosts must be a list of host names")
+    if not isinstance(hosts, list | tuple):
+        raise ConfigError(f"setting {prefix}.allowed_hosts must be {_ENTRY_HELP}")
     headers = raw.get("headers") or {}
     if not isinstance(headers, Mapping):
         raise ConfigError(f"setting {prefix}.headers must be a table of header = value")
+    extra: dict[str, Any] = {}
+    if raw.get("allow_private") is not None:
+        extra["allow_private"] = _bool(f"{prefix}.allow_private", raw["allow_private"])
     return HttpSettings(
-        allowed_hosts=tuple(h.lower() for h in hosts),
+        allowed_hosts=tuple(_entry(f"{prefix}.allowed_hosts[{i}]", h)
+                            for i, h in enumerate(hosts)),
         headers={str(k): Secret(str(v)) for k, v in headers.items()},
+        **extra,
         **_transport_fields(prefix, raw),
     )
 
 
-def _account(name: str, raw: Mapping[str, Any]) -> Account:
+def _account(name: str, raw: Mapping[str, Any],
+             network: Mapping[str, Any] | None = None) -> Account:
+    """One account; ``network`` holds the global verify_tls/ca_bundle/proxy, which the
+    account's own keys and then each section's override."""
     prefix = f"accounts.{name}"
     if not isinstance(raw, Mapping):
         raise ConfigError(f"setting {prefix} must be a table")
-    _check_keys(prefix, raw, {"afilnet", "anna", "http"})
+    _check_keys(prefix, raw, {"afilnet", "anna", "http"} | _NETWORK_KEYS)
+    own = {k: raw[k] for k in _NETWORK_KEYS if k in raw}
+    _network_fields(f"{prefix}.", own)
+    inherited = {**(network or {}), **own}
+
+    def section(key: str) -> dict[str, Any]:
+        value = raw.get(key) or {}
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"setting {prefix}.{key} must be a table")
+        return {**inherited, **value}
+
     return Account(
         name=name,
-        afilnet=_afilnet(f"{prefix}.afilnet", raw.get("afilnet") or {}),
-        anna=_anna(f"{prefix}.anna", raw.get("anna") or {}),
-        http=_http(f"{prefix}.http", raw.get("http") or {}),
+        afilnet=_afilnet(f"{prefix}.afilnet", section("afilnet")),
+        anna=_anna(f"{prefix}.anna", section("anna")),
+        http=_http(f"{prefix}.http", section("http")),
     )
 
 
@@ -286,6 +400,11 @@ _ENV_DEFAULT_ACCOUNT = {
     "SQLBRIDGE_ANNA_PASSWORD": ("anna", "password"),
     "SQLBRIDGE_HTTP_ALLOWED_HOSTS": ("http", "allowed_hosts"),
 }
+_ENV_NETWORK = {
+    "SQLBRIDGE_VERIFY_TLS": "verify_tls",
+    "SQLBRIDGE_CA_BUNDLE": "ca_bundle",
+    "SQLBRIDGE_PROXY": "proxy",
+}
 _ENV_WORKER = {
     "SQLBRIDGE_WORKER_CONCURRENCY": "concurrency",
     "SQLBRIDGE_WORKER_BATCH": "batch",
@@ -295,11 +414,67 @@ _ENV_WORKER = {
 }
 
 
+_ENV_OTHER = ("SQLBRIDGE_DATABASE_URL", "SQLBRIDGE_CONFIG")
+ENV_NAMES = (*_ENV_DEFAULT_ACCOUNT, *_ENV_NETWORK, *_ENV_WORKER, *_ENV_OTHER)
+
+
+def _with_files(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` with each ``SQLBRIDGE_X_FILE`` replaced by ``SQLBRIDGE_X`` = the file's text,
+    less one trailing newline (how container secrets are mounted)."""
+    out = dict(env)
+    for name in ENV_NAMES:
+        path = env.get(f"{name}_FILE")
+        if not path:
+            continue
+        if env.get(name):
+            raise ConfigError(f"set either {name} or {name}_FILE, not both")
+        try:
+            value = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = "it is not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else \
+                (exc.strerror or type(exc).__name__)
+            raise ConfigError(f"setting {name}_FILE: cannot read {path}: {reason}") from None
+        out[name] = value[:-2] if value.endswith("\r\n") else value.removesuffix("\n")
+    return out
+
+
+_SECRET_KEYS = {"user", "password", "company_hash", "headers", "proxy"}
+_warned_readable: set[str] = set()
+
+
+def _holds_secrets(raw: Mapping[str, Any]) -> bool:
+    database_url = raw.get("database_url")
+    if isinstance(database_url, str) and urlsplit(database_url).password:
+        return True
+    if raw.get("proxy"):
+        return True
+    for account in (raw.get("accounts") or {}).values():
+        if not isinstance(account, Mapping):
+            continue
+        if account.get("proxy"):
+            return True
+        for section in account.values():
+            if isinstance(section, Mapping) and any(section.get(k) for k in _SECRET_KEYS):
+                return True
+    return False
+
+
+def _warn_if_readable(path: str, raw: Mapping[str, Any]) -> None:
+    """One warning per file and process when a file holding secrets is group/world-readable."""
+    if os.name != "posix" or path in _warned_readable or not _holds_secrets(raw):
+        return
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    if mode & 0o077:
+        _warned_readable.add(path)
+        log.warning("configuration file %s holds secrets and can be read by group or others "
+                    "(mode %04o); run: chmod 600 %s", path, mode, path)
+
+
 def load(config_path: str | os.PathLike[str] | None = None,
          env: Mapping[str, str] | None = None) -> Settings:
     """Read the TOML file (``--config``, ``SQLBRIDGE_CONFIG`` or ``./sqlbridge.toml`` if present),
-    then let ``SQLBRIDGE_*`` variables override it."""
-    env = os.environ if env is None else env
+    then let ``SQLBRIDGE_*`` variables (or ``SQLBRIDGE_*_FILE``) override it."""
+    env = _with_files(os.environ if env is None else env)
     path = config_path or env.get("SQLBRIDGE_CONFIG")
     raw: dict[str, Any] = {}
     if path:
@@ -312,8 +487,19 @@ def load(config_path: str | os.PathLike[str] | None = None,
             raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from None
+        _warn_if_readable(str(path), raw)
 
-    _check_keys("(top level)", raw, {"database_url", "accounts", "worker", "schedules"})
+    _check_keys("(top level)", raw, {"database_url", "accounts", "worker", "schedules"} |
+                _NETWORK_KEYS)
+    network = {k: raw[k] for k in _NETWORK_KEYS if k in raw}
+    _network_fields("", network)
+    for var, key in _ENV_NETWORK.items():
+        if env.get(var):
+            network[key] = env[var]
+            try:
+                _network_fields("", {key: env[var]})
+            except ConfigError as exc:
+                raise ConfigError(str(exc).replace(f"setting {key}", f"setting {var}")) from None
     accounts_raw: dict[str, Any] = {k: dict(v) if isinstance(v, Mapping) else v
                                     for k, v in (raw.get("accounts") or {}).items()}
     default = accounts_raw.setdefault("default", {})
@@ -340,7 +526,8 @@ def load(config_path: str | os.PathLike[str] | None = None,
         )
     return Settings(
         database_url=database_url,
-        accounts={name: _account(name, value) for name, value in accounts_raw.items()},
+        accounts={name: _account(name, value, network)
+                  for name, value in accounts_raw.items()},
         worker=_worker(worker_raw),
         schedules=tuple(schedules),
         config_path=str(path) if path else None,

@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from .allowlist import url_problem
 from .errors import ValidationError
 
 ParamType = Literal["str", "int", "bool", "date", "url", "object", "json"]
@@ -409,6 +410,12 @@ def _check_value(op: Operation, p: Param, value: Any) -> Any:
         if parts.scheme not in ("http", "https") or not parts.hostname or " " in value:
             raise fail(p.error_code if p.error_code != "INVALID_PARAM_VALUE" else "INCORRECT_URL",
                        got=_shorten(value))
+        if op.provider == "http":
+            # The URL http.request will call must read the same to every parser (allowlist.py).
+            problem = url_problem(value)
+            if problem:
+                error = fail(p.error_code, got=_shorten(value))
+                raise ValidationError(f"{error}: {problem}", code=p.error_code, param=p.name)
     if p.type == "date":
         try:
             if not re.fullmatch(r"\d{2}/\d{2}/\d{4}", value):

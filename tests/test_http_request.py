@@ -151,8 +151,10 @@ def test_a_drop_may_have_delivered_a_refusal_did_not(providers: Providers,
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    closed = http(sandbox.account(), allowed_hosts=(f"http://127.0.0.1:{port}",),
+                  allow_private=True)
     with pytest.raises(TransientError) as refused:
-        call(providers, sandbox.account(), {"url": f"http://127.0.0.1:{port}/x"})
+        call(providers, closed, {"url": f"http://127.0.0.1:{port}/x"})
     assert not refused.value.delivered and refused.value.code == "CONNECTION_FAILED"
 
 

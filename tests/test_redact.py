@@ -1,6 +1,25 @@
 """Secrets are masked wherever they hide in a response."""
 
-from sqlbridge.redact import MASK, scrub
+from __future__ import annotations
+
+import base64
+import json
+import sqlite3
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import Engine
+
+from sqlbridge.allowlist import parse_entry
+from sqlbridge.cli import main
+from sqlbridge.config import Account, AfilnetSettings, HttpSettings, Secret, Settings
+from sqlbridge.queue import Queue
+from sqlbridge.redact import MASK, credential_parts, scrub
+from sqlbridge.worker import Worker
+
+from .capture import Capture
+from .conftest import FAST_WORKER
 
 
 def test_known_secrets_are_masked_inside_text_keys_and_lists() -> None:
@@ -47,3 +66,82 @@ def test_secrets_in_keys_and_tuples_are_masked_and_the_longest_wins() -> None:
 def test_very_short_secrets_are_not_used_to_mask() -> None:
     # A two-letter password would otherwise mask every word that contains it.
     assert scrub("pw and pwd", ["pw"]) == "pw and pwd"
+
+
+# -- credential parts and base64 forms -----------------------------------------------------------
+
+
+def test_the_credential_part_of_a_header_value_is_a_secret_on_its_own() -> None:
+    assert credential_parts("Bearer tok-98765") == ["Bearer tok-98765", "tok-98765"]
+    basic = base64.b64encode(b"me@example.com:s3cret!").decode()
+    assert credential_parts(f"Basic {basic}") == [f"Basic {basic}", basic,
+                                                  "me@example.com:s3cret!", "me@example.com",
+                                                  "s3cret!"]
+    assert credential_parts("k-secret-123") == ["k-secret-123"]
+    assert scrub("the token tok-98765 was wrong", credential_parts("Bearer tok-98765")) == \
+        f"the token {MASK} was wrong"
+
+
+@pytest.mark.parametrize("encode", [base64.b64encode, base64.urlsafe_b64encode,
+                                    lambda b: base64.b64encode(b).rstrip(b"=")])
+def test_secrets_are_masked_in_base64_too(encode: Any) -> None:
+    secret = "p>ss?wörd~~"
+    form = encode(secret.encode()).decode()
+    assert scrub({"echo": f"x {form} y", "json": json.dumps(form)}, [secret]) == \
+        {"echo": f"x {MASK} y", "json": json.dumps(MASK)}
+
+
+def test_account_secrets_hold_header_parts_user_password_pairs_and_proxy_passwords() -> None:
+    acct = Account("a", afilnet=AfilnetSettings(user=Secret("me@example.com"),
+                                                password=Secret("pw-123456")),
+                   http=HttpSettings(headers={"Authorization": Secret("Bearer tok-98765")},
+                                     proxy=Secret("http://proxyuser:proxy-pw-1@proxy:3128")))
+    secrets = acct.secrets()
+    for part in ("me@example.com:pw-123456", "tok-98765", "Bearer tok-98765", "proxy-pw-1"):
+        assert part in secrets
+    echoed = base64.b64encode(b"me@example.com:pw-123456").decode()
+    assert scrub(f"Authorization: Basic {echoed}", secrets) == f"Authorization: Basic {MASK}"
+
+
+def test_a_secret_that_is_not_valid_unicode_does_not_break_scrubbing() -> None:
+    assert scrub("x \udcff-secret y", ["\udcff-secret"]) == f"x {MASK} y"
+
+
+# -- end to end: a hostile server echoing credentials, through the worker, the outbox, show -----
+
+
+@pytest.mark.sqlite_only
+def test_echoed_credentials_never_reach_the_outbox_or_show(engine: Engine, db_url: str) -> None:
+    token, key, user, password = "tok-5e2d9a8c", "key-0b7d3e", "me@example.com", "pw-6c1f0a"
+    with Capture() as server:
+        acct = Account(
+            "default",
+            afilnet=AfilnetSettings(url=server.url + "/afilnet-echo/", user=Secret(user),
+                                    password=Secret(password), auth="basic"),
+            http=HttpSettings(allowed_hosts=(parse_entry(server.url, allow_private=True),),
+                              headers={"Authorization": Secret(f"Bearer {token}"),
+                                       "X-Api-Key": Secret(key)}))
+        live = Settings(database_url=db_url, worker=FAST_WORKER, accounts={"default": acct})
+        queue = Queue(engine, live)
+        ids = [queue.enqueue("http.request", {"url": server.url + path, "method": "GET"}).id
+               for path in ("/echo-secrets", "/reason-echo")]
+        ids.append(queue.enqueue("user.getbalance", {}).id)  # an Afilnet passthrough read
+        Worker(live, engine, schedules=False).run(once=True)
+        seen = server.requests
+    # The server did get the credentials, and did echo them in every form.
+    assert any(r["headers"].get("Authorization") == f"Bearer {token}" for r in seen)
+    basic = base64.b64encode(f"{user}:{password}".encode()).decode()
+    assert any(r["headers"].get("Authorization") == f"Basic {basic}" for r in seen)
+    forms = {token, key, user, password, f"{user}:{password}", basic,
+             base64.b64encode(token.encode()).decode(),
+             base64.b64encode(f"Bearer {token}".encode()).decode(),
+             base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")}
+    rows = [queue.get(i, with_attempts=True) for i in ids]
+    assert [r["status"] for r in rows] == ["succeeded", "failed", "succeeded"]
+    dump = "\n".join(sqlite3.connect(db_url.removeprefix("sqlite:///")).iterdump())
+    printed = "".join(CliRunner().invoke(main, ["show", str(i), "--json", "--database-url",
+                                                db_url]).output for i in ids)
+    assert MASK in dump and MASK in printed
+    for form in forms:
+        assert form not in dump, form
+        assert form not in printed, form

@@ -42,6 +42,7 @@ from ..errors import ConfigError, ProtocolError, ProviderError
 from ..redact import scrub
 from ..registry import Operation
 from .base import CallResult
+from .session import request_options
 from .transport import Transport, json_object, refuse_client_error
 
 ERRORS: dict[str, str] = {
@@ -159,7 +160,8 @@ class AfilnetClient:
         resp = self.transport.send(
             "POST", s.url, what=what, timeout=(s.connect_timeout, s.read_timeout),
             secrets=secrets, rate=((account.name, "afilnet"), s.rate_limit),
-            data={k: str(v).encode("utf-8") for k, v in form.items()}, auth=auth)
+            data={k: str(v).encode("utf-8") for k, v in form.items()}, auth=auth,
+            **request_options(s))
         refuse_client_error(resp, what, secrets)
         body = json_object(resp, what, secrets)
         status = str(body.get("status") or "").strip().lower()

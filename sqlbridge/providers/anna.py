@@ -39,6 +39,7 @@ from ..errors import ConfigError, ProtocolError, ProviderError
 from ..redact import scrub
 from ..registry import Operation
 from .base import CallResult
+from .session import request_options
 from .transport import Transport, json_object, refuse_client_error
 
 TOKEN_PATH = "REST/Credentials/GetToken"
@@ -289,7 +290,7 @@ class AnnaClient:
         resp = self.transport.send(
             "POST", url + TOKEN_PATH, what=what, timeout=(s.connect_timeout, s.read_timeout),
             secrets=secrets, rate=((account.name, "anna"), s.rate_limit),
-            json={"hash": company, "user": user, "pass": password})
+            json={"hash": company, "user": user, "pass": password}, **request_options(s))
         if resp.status_code in (401, 403):
             raise ProviderError(f"{what}: HTTP {resp.status_code}: the account's AnnA "
                                 "credentials were refused", code="ANNA_AUTH_FAILED",
@@ -317,7 +318,7 @@ class AnnaClient:
                 "POST", url + str(op.path), what=what,
                 timeout=(s.connect_timeout, s.read_timeout), secrets=secrets,
                 rate=((account.name, "anna"), s.rate_limit), json=body,
-                headers={"Authorization": f"Bearer {token}"})
+                headers={"Authorization": f"Bearer {token}"}, **request_options(s))
             if resp.status_code != 401 or not first:
                 break
             token = self._token(account, stale=token)

@@ -9,22 +9,31 @@ familiar answer::
 30x, since redirects are not followed) fails permanently with ``HTTP_<status>`` and the same
 shaped answer as its response. The host allowlist and the secret headers live in the account,
 never in the request row.
+
+Before anything is sent (see README "Security of http.request"): the URL is read once the way
+the HTTP client reads it and refused (INCORRECT_URL) when it is ambiguous
+(``sqlbridge.allowlist``); its scheme, host and port must match an entry of the account's
+allowlist; every address the host resolves to must be public unless the entry allows private
+ones; and the connection goes to the checked address (``netguard``). Each refusal is
+HOST_NOT_ALLOWED, permanent, with nothing sent.
 """
 
 from __future__ import annotations
 
 import json
 from typing import Any
-from urllib.parse import urlsplit
 
 import requests
 from requests.structures import CaseInsensitiveDict
 
+from ..allowlist import Target, UrlRefused, find_entry, parse_target
 from ..config import Account
 from ..errors import ProviderError, TransientError
 from ..redact import scrub
 from ..registry import Operation
 from .base import CallResult
+from .netguard import Pin, checked_address, pinned
+from .session import request_options
 from .transport import RETRYABLE_STATUS, Transport, retry_after
 
 # Hop-by-hop headers say nothing about the answer; cookies are credentials.
@@ -46,16 +55,35 @@ def shaped(resp: requests.Response) -> dict[str, Any]:
             "result": result}
 
 
-def host_allowed(url: str, account: Account) -> str:
-    """The URL's host, lower case, if the account allows it; else HOST_NOT_ALLOWED."""
-    host = (urlsplit(url).hostname or "").lower()
-    allowed = account.http.allowed_hosts
-    if not host or host not in allowed:
+def target_of(url: str) -> Target:
+    """Where ``url`` leads, or INCORRECT_URL saying why it cannot be read unambiguously."""
+    try:
+        return parse_target(url)
+    except UrlRefused as exc:
+        shown = url if len(url) <= 100 else url[:97] + "..."
+        raise ProviderError(f"http.request: the URL {shown!r} is refused: {exc}",
+                            code="INCORRECT_URL") from None
+
+
+def host_allowed(url: str, account: Account) -> Pin:
+    """Where to connect for ``url``: its target and the checked address, if the account's
+    allowlist allows both; else INCORRECT_URL or HOST_NOT_ALLOWED, before anything is sent."""
+    target = target_of(url)
+    s = account.http
+    setting = f"accounts.{account.name}.http.allowed_hosts"
+    entry = find_entry(target, s.allowed_hosts)
+    if entry is None:
+        allowed = ", ".join(str(e) for e in s.allowed_hosts) or "none"
         raise ProviderError(
-            f"http.request: host '{host}' is not allowed for account '{account.name}'; add it "
-            f"to accounts.{account.name}.http.allowed_hosts (allowed now: "
-            f"{', '.join(allowed) or 'none'})", code="HOST_NOT_ALLOWED")
-    return host
+            f"http.request: host '{target.host}' ({target.origin}) is not allowed for account "
+            f"'{account.name}'; add '{target.origin}' to {setting} (allowed now: {allowed})",
+            code="HOST_NOT_ALLOWED")
+    if s.proxy and target.ip is None:
+        # The proxy resolves the name and connects; the allowlist has been applied.
+        return Pin(target, None)
+    address = checked_address(target, allow_private=entry.allow_private or s.allow_private,
+                              setting=setting)
+    return Pin(target, address)
 
 
 def body_and_type(payload: Any) -> tuple[bytes | None, str | None]:
@@ -84,8 +112,7 @@ class HttpClient:
 
     def call(self, op: Operation, params: dict[str, Any], account: Account) -> CallResult:
         s = account.http
-        url = str(params["url"])
-        host = host_allowed(url, account)
+        pin = host_allowed(str(params["url"]), account)
         headers: CaseInsensitiveDict[str] = CaseInsensitiveDict(
             {str(k): str(v) for k, v in (params.get("headers") or {}).items()})
         data, content_type = body_and_type(params.get("payload"))
@@ -96,10 +123,12 @@ class HttpClient:
         secrets = account.secrets()
         timeout = float(params.get("timeout") or s.read_timeout)
         method = str(params.get("method") or "POST").upper()
-        what = f"http.request {method} {host}"
-        resp = self.transport.send(method, url, what=what, timeout=(s.connect_timeout, timeout),
-                                   secrets=secrets, rate=((account.name, "http"), s.rate_limit),
-                                   check_status=False, data=data, headers=headers)
+        what = f"http.request {method} {pin.target.host}"
+        with pinned(pin):
+            resp = self.transport.send(
+                method, pin.target.url, what=what, timeout=(s.connect_timeout, timeout),
+                secrets=secrets, rate=((account.name, "http"), s.rate_limit), check_status=False,
+                data=data, headers=headers, **request_options(s, environment_proxies=False))
         answer = scrub(shaped(resp), secrets)
         status = resp.status_code
         if 200 <= status < 300:

@@ -384,7 +384,9 @@ class Sandbox:
             "anna": {"url": self.anna_url, "company_hash": SANDBOX_ANNA_COMPANY_HASH,
                      "user": SANDBOX_ANNA_USER, "password": SANDBOX_ANNA_PASSWORD,
                      "read_timeout": 10},
-            "http": {"allowed_hosts": [self.host], "read_timeout": 10},
+            # The sandbox listens on loopback, which http.request refuses unless allowed.
+            "http": {"allowed_hosts": [{"url": self.url, "allow_private": True}],
+                     "read_timeout": 10},
         })
 
 

@@ -1,0 +1,428 @@
+"""``http.request`` calls only what the allowlist allows.
+
+Capture servers on loopback record every connection they accept: ``allowed`` is the one the
+account's allowlist names (``http://127.0.0.1:PORT`` with ``allow_private``), ``forbidden`` (and
+its IPv6 twin on ``[::1]``) must never see a connection, whatever the URL tries, with and without
+the account's secret headers. The allowed path still works over real HTTP.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import ssl
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Engine
+
+from sqlbridge import registry
+from sqlbridge.allowlist import parse_entry
+from sqlbridge.config import Account, HttpSettings, Secret, Settings
+from sqlbridge.errors import ProviderError, TransientError, ValidationError
+from sqlbridge.providers import CallResult, Providers
+from sqlbridge.queue import Queue
+from sqlbridge.worker import Worker
+
+from .capture import Capture
+from .conftest import FAST_WORKER
+
+TOKEN = "tok-4f9a1c7e2b"
+SECRET_HEADERS = {"Authorization": Secret(f"Bearer {TOKEN}"), "X-Api-Key": Secret("key-77aa91")}
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+HAVE_IPV6 = _ipv6_loopback()
+
+
+@pytest.fixture(scope="module")
+def allowed() -> Iterator[Capture]:
+    with Capture() as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def forbidden() -> Iterator[Capture]:
+    with Capture() as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def forbidden6() -> Iterator[Capture | None]:
+    if not HAVE_IPV6:
+        yield None
+        return
+    with Capture("::1") as c:
+        yield c
+
+
+def account(*entries: str, allow_private: bool = False, secret: bool = True,
+            **http: Any) -> Account:
+    return Account("default", http=HttpSettings(
+        allowed_hosts=tuple(parse_entry(e, allow_private) for e in entries),
+        headers=SECRET_HEADERS if secret else {}, read_timeout=10, connect_timeout=5, **http))
+
+
+def call(providers: Providers, acct: Account, url: str, **params: Any) -> CallResult:
+    """What the worker does with a stored row, but without the enqueue-time check, so that the
+    provider's own guard is what is tested."""
+    op = registry.OPERATIONS["http.request"]
+    return providers.call(op, {"url": url, "method": "GET", **params}, acct)
+
+
+def bypass_urls(a: int, f: int, f6: int) -> list[str]:
+    """URLs that try to reach 127.0.0.1:f (or [::1]:f6) past an allowlist of 127.0.0.1:a."""
+    ok = f"127.0.0.1:{a}"
+    bad = f"127.0.0.1:{f}"
+    return [
+        f"http://{bad}\\@{ok}/", f"http://{bad}\\@api.example.com/", f"http://{bad}\\{ok}/",
+        f"http://{ok}@{bad}/", f"http://api.example.com@{bad}/", f"http://u:p@{bad}/",
+        f"http://{bad}#@{ok}/", f"http://{bad}?@{ok}/", f"http://{bad}/@{ok}/",
+        f"http://{bad}%2F@{ok}/", f"http://{bad}%40{ok}/", f"http://{bad}%23@{ok}/",
+        f"http://127.0.0.1%3A{f}/", f"http://{ok}%2F@{bad}/",
+        f"http://{ok}\t@{bad}/", f"http://{bad}\t/", f"http://{bad} /", f"http://{bad}\r\n/",
+        f"http://{ok}\x00@{bad}/", f"http://{bad}\u3002/",
+        f"http://[::1]:{f6}/", f"http://[::1]:{a}/", f"http://[::ffff:127.0.0.1]:{f}/",
+        f"http://[::ffff:127.0.0.1]:{a}/", f"http://[0:0:0:0:0:ffff:7f00:1]:{a}/",
+        f"http://2130706433:{f}/", f"http://2130706433:{a}/", f"http://0177.0.0.1:{a}/",
+        f"http://0x7f.0.0.1:{a}/", f"http://0x7f000001:{a}/", f"http://127.1:{a}/",
+        f"http://017700000001:{a}/", f"http://127.0.0.01:{a}/", f"http://0.0.0.0:{a}/",
+        f"http://127.0.0.1.:{a}/", f"http://127.0.0.1.:{f}/", f"http://localhost:{a}/",
+        f"http://LOCALHOST:{f}/", f"HTTP://{bad}/", f"http://{bad}/", f"http://127.0.0.1:{a}:{f}/",
+        f"http://127.0.0.1:{f}:{a}/", f"https://{ok}/", "http://127.0.0.1/",
+        f"http://\uff11\uff12\uff17.0.0.1:{a}/", f"http:\\\\{bad}/", f"http:/{bad}/",
+        f"http:///{bad}/", f"//{bad}/", f"ftp://{bad}/", f"gopher://{bad}/", "file:///etc/passwd",
+        f"http://[::1%25lo]:{f6}/", f"http://{bad};.{ok}/", f"http://127.0.0.2:{a}/",
+    ]
+
+
+def _assert_untouched(forbidden: Capture, forbidden6: Capture | None,
+                      before: tuple[int, int]) -> None:
+    assert len(forbidden.connections) == before[0]
+    assert len(forbidden6.connections if forbidden6 else []) == before[1]
+
+
+@pytest.mark.parametrize("secret", [True, False], ids=["secret-headers", "no-headers"])
+def test_no_bypass_form_reaches_another_host_or_port(providers: Providers, allowed: Capture,
+                                                     forbidden: Capture,
+                                                     forbidden6: Capture | None,
+                                                     secret: bool) -> None:
+    acct = account(allowed.url, "https://api.example.com", allow_private=True, secret=secret)
+    f6 = forbidden6.port if forbidden6 else forbidden.port
+    before = (len(forbidden.connections), len(forbidden6.connections if forbidden6 else []))
+    seen_before = len(allowed.requests)
+    for url in bypass_urls(allowed.port, forbidden.port, f6):
+        with pytest.raises(ProviderError) as e:
+            call(providers, acct, url)
+        assert e.value.code in ("INCORRECT_URL", "HOST_NOT_ALLOWED"), (url, e.value)
+        assert not e.value.retryable
+        # The enqueuing side refuses the same URL when its shape alone is wrong.
+        if e.value.code == "INCORRECT_URL":
+            with pytest.raises(ValidationError) as v:
+                registry.validate("http.request", {"url": url})
+            assert v.value.code == "INCORRECT_URL"
+    _assert_untouched(forbidden, forbidden6, before)
+    assert len(allowed.requests) == seen_before  # nothing went to the allowed one either
+
+
+def test_the_allowed_path_works_over_real_http_with_host_and_secrets(
+        providers: Providers, allowed: Capture) -> None:
+    acct = account(allowed.url, allow_private=True)
+    got = call(providers, acct, f"HTTP://127.0.0.1:{allowed.port}/orders?x=1#frag")
+    assert got.http_status == 200
+    seen = allowed.requests[-1]
+    assert seen["path"] == "/orders?x=1"
+    assert seen["headers"]["Host"] == f"127.0.0.1:{allowed.port}"
+    assert seen["headers"]["Authorization"] == f"Bearer {TOKEN}"  # sent to the allowed host…
+    assert TOKEN not in str(got.response)  # …and never stored from its echo
+
+
+def test_a_redirect_to_another_port_is_not_followed(providers: Providers, allowed: Capture,
+                                                    forbidden: Capture) -> None:
+    before = len(forbidden.connections)
+    acct = account(allowed.url, allow_private=True)
+    with pytest.raises(ProviderError) as e:
+        call(providers, acct, f"{allowed.url}/redirect?to={forbidden.url}/")
+    assert e.value.code == "HTTP_302" and "not followed" in str(e.value)
+    assert len(forbidden.connections) == before
+
+
+def test_loopback_is_refused_unless_the_entry_allows_private_addresses(
+        providers: Providers, allowed: Capture) -> None:
+    before = len(allowed.connections)
+    with pytest.raises(ProviderError) as e:
+        call(providers, account(allowed.url), f"{allowed.url}/x")
+    text = str(e.value)
+    assert e.value.code == "HOST_NOT_ALLOWED" and not e.value.retryable
+    assert "'127.0.0.1'" in text and "loopback" in text and "allow_private = true" in text
+    assert "accounts.default.http.allowed_hosts" in text
+    assert len(allowed.connections) == before
+    # The account-wide switch works too.
+    strict = account(allowed.url)
+    wide = dataclasses.replace(strict, http=dataclasses.replace(strict.http, allow_private=True))
+    assert call(providers, wide, f"{allowed.url}/x").http_status == 200
+
+
+def test_a_name_that_resolves_to_loopback_is_refused(providers: Providers,
+                                                     allowed: Capture) -> None:
+    before = len(allowed.connections)
+    with pytest.raises(ProviderError) as e:
+        call(providers, account(f"http://localhost:{allowed.port}"),
+             f"http://localhost:{allowed.port}/x")
+    assert e.value.code == "HOST_NOT_ALLOWED"
+    assert "'localhost' resolves to" in str(e.value) and "loopback" in str(e.value)
+    assert len(allowed.connections) == before
+    got = call(providers, account(f"http://localhost:{allowed.port}", allow_private=True),
+               f"http://localhost:{allowed.port}/named")
+    assert got.http_status == 200
+    assert allowed.requests[-1]["headers"]["Host"] == f"localhost:{allowed.port}"
+
+
+def _resolver(monkeypatch: pytest.MonkeyPatch, rebind: bool) -> dict[str, Any]:
+    """A resolver for the made-up names *.test: 127.0.0.1, or with ``rebind`` 127.0.0.1 for the
+    first lookup of a name and 127.0.0.2 for every later one (a rebinding DNS server); other
+    names resolve as usual. ``calls`` lists the *.test lookups."""
+    real = socket.getaddrinfo
+    state: dict[str, Any] = {"calls": []}
+
+    def fake(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        name = host.decode() if isinstance(host, bytes) else str(host)
+        if name.endswith(".test"):
+            state["calls"].append(name)
+            first = state["calls"].count(name) == 1
+            address = "127.0.0.1" if first or not rebind else "127.0.0.2"
+            return real(address, port, *args, **kwargs)
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake)
+    return state
+
+
+@pytest.fixture
+def rebinding(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    return _resolver(monkeypatch, rebind=True)
+
+
+@pytest.fixture
+def test_names(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    return _resolver(monkeypatch, rebind=False)
+
+
+def test_the_connection_goes_to_the_checked_address_not_a_second_lookup(
+        providers: Providers, rebinding: dict[str, Any]) -> None:
+    with Capture("127.0.0.1") as first:
+        try:
+            second = Capture("127.0.0.2", first.port)
+        except OSError:
+            pytest.skip("127.0.0.2 is not a loopback address here")
+        with second:
+            acct = account(f"http://rebind.test:{first.port}", allow_private=True)
+            for _ in range(2):
+                rebinding["calls"].clear()
+                got = call(providers, acct, f"http://rebind.test:{first.port}/pinned")
+                assert got.http_status == 200
+            assert second.connections == []
+            assert first.requests[-1]["headers"]["Host"] == f"rebind.test:{first.port}"
+    # One lookup per call: the one that was checked.
+    assert rebinding["calls"] == ["rebind.test"]
+
+
+def test_every_address_a_name_resolves_to_must_be_allowed(
+        providers: Providers, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = socket.getaddrinfo
+
+    def two(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "mixed.test":  # a public address first, then the metadata service
+            return real("192.0.2.1", port, *args, **kwargs) + \
+                real("169.254.169.254", port, *args, **kwargs)
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", two)
+    with pytest.raises(ProviderError) as e:
+        call(providers, account("http://mixed.test"), "http://mixed.test/latest/meta-data")
+    assert e.value.code == "HOST_NOT_ALLOWED" and "192.0.2.1" in str(e.value)
+
+
+def test_an_unresolvable_name_is_a_transient_failure_that_sent_nothing(
+        providers: Providers, monkeypatch: pytest.MonkeyPatch) -> None:
+    def nothing(*_args: Any, **_kwargs: Any) -> Any:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", nothing)
+    with pytest.raises(TransientError) as e:
+        call(providers, account("https://api.example.com"), "https://api.example.com/")
+    assert e.value.code == "CONNECTION_FAILED" and not e.value.delivered
+
+
+def test_environment_proxies_are_not_used_by_http_request(
+        providers: Providers, allowed: Capture, forbidden: Capture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(var, forbidden.url)
+    for var in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    before = len(forbidden.connections)
+    got = call(providers, account(allowed.url, allow_private=True), f"{allowed.url}/direct")
+    assert got.http_status == 200 and len(forbidden.connections) == before
+
+
+def test_a_configured_proxy_carries_the_call(providers: Providers, allowed: Capture) -> None:
+    with Capture() as proxy:
+        acct = account("http://api.example.com", proxy=Secret(proxy.url))
+        got = call(providers, acct, "http://api.example.com/via-proxy")
+        assert got.http_status == 200
+        assert proxy.requests[-1]["path"] == "http://api.example.com/via-proxy"
+        assert proxy.requests[-1]["headers"]["Host"] == "api.example.com"
+
+
+# -- HTTPS through the pinned address: SNI, certificate check, ca_bundle, verify_tls ------------
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A throwaway CA and a certificate for pinned.test signed by it (openssl CLI)."""
+    d = tmp_path_factory.mktemp("pki")
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True, timeout=120)
+
+    try:
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
+                "ca.pem", "-subj", "/CN=sqlbridge test CA", "-days", "2")
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "leaf.key", "-out",
+                "leaf.csr", "-subj", "/CN=pinned.test")
+        (d / "san.ext").write_text("subjectAltName=DNS:pinned.test\n")
+        openssl("x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                "-CAcreateserial", "-out", "leaf.pem", "-days", "2", "-extfile", "san.ext")
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"openssl cannot make test certificates: {exc}")
+    return d
+
+
+@pytest.fixture
+def tls_capture(pki: Path) -> Iterator[tuple[Capture, list[str | None]]]:
+    names: list[str | None] = []
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pki / "leaf.pem", pki / "leaf.key")
+    context.sni_callback = lambda _sock, name, _ctx: names.append(name)  # type: ignore[assignment,misc,func-returns-value]
+    with Capture(tls=context) as c:
+        yield c, names
+
+
+def test_https_keeps_sni_host_and_certificate_check_on_the_pinned_address(
+        providers: Providers, pki: Path, tls_capture: tuple[Capture, list[str | None]],
+        test_names: dict[str, Any]) -> None:
+    server, names = tls_capture
+    entry = f"https://pinned.test:{server.port}"
+    url = f"{entry}/secure"
+    got = call(providers, account(entry, allow_private=True, ca_bundle=str(pki / "ca.pem")), url)
+    assert got.http_status == 200
+    assert names[-1] == "pinned.test"
+    assert server.requests[-1]["headers"]["Host"] == f"pinned.test:{server.port}"
+    # Verification is on by default: without the private CA the handshake fails, unsent.
+    with pytest.raises(TransientError) as e:
+        call(providers, account(entry, allow_private=True), url)
+    assert e.value.code == "TLS_ERROR" and not e.value.delivered
+    # verify_tls = false is the explicit way out.
+    assert call(providers, account(entry, allow_private=True, verify_tls=False),
+                url).http_status == 200
+
+
+def test_the_certificate_is_checked_against_the_name_not_the_address(
+        providers: Providers, pki: Path, tls_capture: tuple[Capture, list[str | None]],
+        test_names: dict[str, Any]) -> None:
+    server, _ = tls_capture
+    entry = f"https://other.test:{server.port}"  # resolves to the same server, wrong name
+    with pytest.raises(TransientError) as e:
+        call(providers, account(entry, allow_private=True, ca_bundle=str(pki / "ca.pem")),
+             f"{entry}/x")
+    assert e.value.code == "TLS_ERROR"
+    assert server.requests == [] or all(r["path"] != "/x" for r in server.requests)
+
+
+# -- any URL at all: allowed (and then to exactly the allowed host:port) or refused ------------
+
+_PIECES = st.sampled_from([
+    "http://", "https://", "HTTP://", "hTtP://", "http:/", "http:\\\\", "//", "ftp://", "",
+    "127.0.0.1", "localhost", "[::1]", "[::ffff:127.0.0.1]", "2130706433", "0177.0.0.1",
+    "0x7f.1", "127.1", "0.0.0.0", "127.0.0.1.", "api.example.com", "169.254.169.254",
+    ":", "@", "\\", "#", "?", "/", "%2F", "%40", "%00", "\t", " ", "\n", "\x00", ".", "[", "]",
+    "\u3002", "\uff0e", "%", "a:b@", ";", ",", "*",
+])
+
+
+@st.composite
+def urls(draw: st.DrawFn, ports: tuple[int, int]) -> str:
+    port = st.sampled_from([f":{ports[0]}", f":{ports[1]}", ":0", ":80", ":99999", ""])
+    parts = draw(st.lists(st.one_of(_PIECES, port, st.text(max_size=4)), max_size=8))
+    return "".join(parts)
+
+
+@pytest.fixture(scope="module")
+def fuzz_providers() -> Iterator[Providers]:
+    from sqlbridge.providers import build_providers
+
+    p = build_providers(pool_size=2)
+    yield p
+    p.close()
+
+
+@settings(max_examples=400, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.data())
+def test_any_url_is_allowed_to_exactly_the_allowed_port_or_refused(
+        data: st.DataObject, fuzz_providers: Providers, allowed: Capture,
+        forbidden: Capture) -> None:
+    a, f = allowed.port, forbidden.port
+    url = data.draw(st.one_of(urls((a, f)),
+                              st.sampled_from(bypass_urls(a, f, f)),
+                              st.builds(lambda p, s: f"http://127.0.0.1:{a}{p}{s}",
+                                        st.sampled_from(["", "/", "?", "#", "/x"]),
+                                        st.text(max_size=20))))
+    acct = account(allowed.url, allow_private=True)
+    conns, seen = len(forbidden.connections), len(allowed.requests)
+    try:
+        got = call(fuzz_providers, acct, url)
+    except ProviderError as e:
+        assert e.code in ("INCORRECT_URL", "HOST_NOT_ALLOWED"), (url, e)
+        assert len(allowed.requests) == seen, url
+    else:
+        assert got.http_status == 200
+        assert len(allowed.requests) == seen + 1, url
+        assert allowed.requests[-1]["headers"]["Host"] == f"127.0.0.1:{a}"
+    assert len(forbidden.connections) == conns, url
+
+
+# -- the worker: a refused URL fails at once, nothing retried ----------------------------------
+
+
+def test_the_worker_fails_a_refused_host_once_and_enqueue_refuses_a_bad_shape(
+        engine: Engine, db_url: str, allowed: Capture, forbidden: Capture) -> None:
+    live = Settings(database_url=db_url, worker=FAST_WORKER,
+                    accounts={"default": account(allowed.url, allow_private=True)})
+    queue = Queue(engine, live)
+    before = len(forbidden.connections)
+    refused = queue.enqueue("http.request", {"url": f"{forbidden.url}/x", "method": "GET"}).id
+    fine = queue.enqueue("http.request", {"url": f"{allowed.url}/y", "method": "GET"}).id
+    with pytest.raises(ValidationError) as e:
+        queue.enqueue("http.request", {"url": f"{forbidden.url}\\@{allowed.url[7:]}/"})
+    assert e.value.code == "INCORRECT_URL" and "backslash" in str(e.value)
+    Worker(live, engine, schedules=False).run(once=True)
+    row = queue.get(refused, with_attempts=True)
+    assert (row["status"], row["error_code"]) == ("failed", "HOST_NOT_ALLOWED")
+    assert len(row["attempt_rows"]) == 1 and str(forbidden.port) in row["error_message"]
+    assert queue.get(fine)["status"] == "succeeded"
+    assert len(forbidden.connections) == before
