@@ -9,6 +9,7 @@ the account's secret headers. The allowed path still works over real HTTP.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import socket
 import ssl
 import subprocess
@@ -17,15 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine
 
 from sqlbridge import registry
-from sqlbridge.allowlist import parse_entry
+from sqlbridge.allowlist import UrlRefused, parse_entry, parse_target
 from sqlbridge.config import Account, HttpSettings, Secret, Settings
 from sqlbridge.errors import ProviderError, TransientError, ValidationError
 from sqlbridge.providers import CallResult, Providers
+from sqlbridge.providers.netguard import address_kind
 from sqlbridge.queue import Queue
 from sqlbridge.worker import Worker
 
@@ -107,6 +109,75 @@ def bypass_urls(a: int, f: int, f6: int) -> list[str]:
         f"http:///{bad}/", f"//{bad}/", f"ftp://{bad}/", f"gopher://{bad}/", "file:///etc/passwd",
         f"http://[::1%25lo]:{f6}/", f"http://{bad};.{ok}/", f"http://127.0.0.2:{a}/",
     ]
+
+
+@pytest.mark.parametrize(("url", "reason"), [
+    ("http://127.0.0.1:1\\@api.example.com/", "backslash"),
+    ("http://api.example.com/\\x", "backslash"),
+    ("http://api.example.com\t/", "U+0009"), ("http://api.example.com/a b", "U+0020"),
+    ("http://api.example.com/\u200b", "U+200B"), ("http://api.example.com/\x7f", "U+007F"),
+    ("http://a@api.example.com/", "user name or password"),
+    ("http://api.example.com%2F@x/", "user name or password"),
+    ("http://api.example.com%2f.evil.test/", "percent-encoded"),
+    ("http://b\u00fccher.example/", "not ASCII"),
+    ("http://2130706433/", "dotted-quad"), ("http://0177.0.0.1/", "dotted-quad"),
+    ("http://0x7f.0.0.1/", "dotted-quad"), ("http://127.1/", "dotted-quad"),
+    ("http://127.0.0.1./", "ends with a dot"), ("http://api.example.com./", "ends with a dot"),
+    ("ftp://api.example.com/", "only http:// and https://"),
+    ("http:\\\\api.example.com/", "backslash"), ("http:/api.example.com/", "only http://"),
+    ("http://api.example.com:99999/", "cannot be parsed"),
+    ("http://[::1/", "cannot be parsed"), ("http://a..b/", "not a valid host name"),
+    ("http:///x", "no host"), ("http://\udc80/", "U+DC80"),
+])
+def test_each_ambiguous_url_is_refused_with_its_reason(url: str, reason: str) -> None:
+    with pytest.raises(UrlRefused) as e:
+        parse_target(url)
+    assert reason in str(e.value)
+
+
+@pytest.mark.parametrize(("url", "where"), [
+    ("HTTPS://API.Example.COM/x", ("https", "api.example.com", 443)),
+    ("http://api.example.com:8080/x?y#z", ("http", "api.example.com", 8080)),
+    ("https://[::1]:8443/", ("https", "::1", 8443)),
+    ("http://192.0.2.10/", ("http", "192.0.2.10", 80)),
+    ("http://evil.test#@api.example.com/", ("http", "evil.test", 80)),
+    ("http://evil.test/@api.example.com/", ("http", "evil.test", 80)),
+])
+def test_an_unambiguous_url_leads_to_one_scheme_host_and_port(url: str,
+                                                               where: tuple[str, str, int]
+                                                               ) -> None:
+    t = parse_target(url)
+    assert (t.scheme, t.host, t.port) == where
+
+
+def test_a_url_the_parsers_read_differently_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    # No URL left after the character rules is known to split the parsers; this proves the
+    # last check stands on its own, by making urllib.parse read every host differently.
+    from sqlbridge import allowlist
+
+    real = allowlist.urlsplit
+    monkeypatch.setattr(allowlist, "urlsplit",
+                        lambda u: real(u.replace("api.example.com", "evil.test", 1)))
+    with pytest.raises(UrlRefused, match="parsers disagree"):
+        parse_target("https://api.example.com/")
+
+
+@pytest.mark.parametrize(("ip", "kind"), [
+    ("127.0.0.1", "loopback"), ("::1", "loopback"), ("169.254.169.254", "link-local"),
+    ("fe80::1", "link-local"), ("10.1.2.3", "private"), ("192.168.1.1", "private"),
+    ("172.16.0.1", "private"), ("100.64.0.1", "private"), ("fd00::1", "unique-local"),
+    ("224.0.0.1", "multicast"), ("ff02::1", "multicast"), ("0.0.0.0", "unspecified"),
+    ("::", "unspecified"), ("::ffff:127.0.0.1", "loopback address inside the IPv6"),
+    ("2002:7f00:1::", "loopback address inside"), ("::ffff:10.0.0.1", "private address inside"),
+    ("64:ff9b::7f00:1", "reserved"), ("240.0.0.1", "reserved"), ("192.0.2.1", "private"),
+])
+def test_every_non_public_address_is_named(ip: str, kind: str) -> None:
+    assert kind in (address_kind(ipaddress.ip_address(ip)) or "")
+
+
+@pytest.mark.parametrize("ip", ["8.8.8.8", "1.1.1.1", "2001:4860:4860::8888", "93.184.215.14"])
+def test_public_addresses_pass(ip: str) -> None:
+    assert address_kind(ipaddress.ip_address(ip)) is None
 
 
 def _assert_untouched(forbidden: Capture, forbidden6: Capture | None,
@@ -322,6 +393,7 @@ def tls_capture(pki: Path) -> Iterator[tuple[Capture, list[str | None]]]:
         yield c, names
 
 
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
 def test_https_keeps_sni_host_and_certificate_check_on_the_pinned_address(
         providers: Providers, pki: Path, tls_capture: tuple[Capture, list[str | None]],
         test_names: dict[str, Any]) -> None:
@@ -389,17 +461,22 @@ def test_any_url_is_allowed_to_exactly_the_allowed_port_or_refused(
     a, f = allowed.port, forbidden.port
     url = data.draw(st.one_of(urls((a, f)),
                               st.sampled_from(bypass_urls(a, f, f)),
-                              st.builds(lambda p, s: f"http://127.0.0.1:{a}{p}{s}",
+                              st.builds(lambda h, p, s: f"{h}://127.0.0.1:{a}{p}{s}",
+                                        st.sampled_from(["http", "HTTP", "Http"]),
                                         st.sampled_from(["", "/", "?", "#", "/x"]),
-                                        st.text(max_size=20))))
+                                        st.text(st.characters(min_codepoint=0x21,
+                                                              max_codepoint=0x7E), max_size=20)
+                                        | st.text(max_size=20))))
     acct = account(allowed.url, allow_private=True)
     conns, seen = len(forbidden.connections), len(allowed.requests)
     try:
         got = call(fuzz_providers, acct, url)
     except ProviderError as e:
+        event(f"refused {e.code}")
         assert e.code in ("INCORRECT_URL", "HOST_NOT_ALLOWED"), (url, e)
         assert len(allowed.requests) == seen, url
     else:
+        event("allowed")
         assert got.http_status == 200
         assert len(allowed.requests) == seen + 1, url
         assert allowed.requests[-1]["headers"]["Host"] == f"127.0.0.1:{a}"

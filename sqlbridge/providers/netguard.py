@@ -35,6 +35,7 @@ from ..errors import ProviderError, TransientError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
+_UNIQUE_LOCAL = ipaddress.ip_network("fc00::/7")
 
 
 def address_kind(ip: IPAddress) -> str | None:
@@ -47,10 +48,9 @@ def address_kind(ip: IPAddress) -> str | None:
                 return f"{inner} inside the IPv6 address"
     checks = (("unspecified", ip.is_unspecified), ("loopback", ip.is_loopback),
               ("link-local", ip.is_link_local), ("multicast", ip.is_multicast),
-              ("unique-local", isinstance(ip, ipaddress.IPv6Address) and ip.is_private
-               and ip in ipaddress.ip_network("fc00::/7")),
+              ("reserved", ip.is_reserved), ("unique-local", ip in _UNIQUE_LOCAL),
               ("private", ip.is_private or ip in _CGNAT),
-              ("reserved", ip.is_reserved), ("non-public", not ip.is_global))
+              ("non-public", not ip.is_global))
     for kind, hit in checks:
         if hit:
             return f"a {kind} address"
