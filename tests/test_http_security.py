@@ -27,7 +27,7 @@ from sqlbridge.allowlist import UrlRefused, parse_entry, parse_target
 from sqlbridge.config import Account, HttpSettings, Secret, Settings
 from sqlbridge.errors import ProviderError, TransientError, ValidationError
 from sqlbridge.providers import CallResult, Providers
-from sqlbridge.providers.netguard import address_kind
+from sqlbridge.providers.netguard import address_kind, checked_address
 from sqlbridge.queue import Queue
 from sqlbridge.worker import Worker
 
@@ -312,19 +312,22 @@ def test_the_connection_goes_to_the_checked_address_not_a_second_lookup(
 
 
 def test_every_address_a_name_resolves_to_must_be_allowed(
-        providers: Providers, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch) -> None:
     real = socket.getaddrinfo
 
     def two(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
         if host == "mixed.test":  # a public address first, then the metadata service
-            return real("192.0.2.1", port, *args, **kwargs) + \
+            return real("8.8.8.8", port, *args, **kwargs) + \
                 real("169.254.169.254", port, *args, **kwargs)
         return real(host, port, *args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", two)
+    # Checked without calling, so that a broken check could not connect anywhere.
     with pytest.raises(ProviderError) as e:
-        call(providers, account("http://mixed.test"), "http://mixed.test/latest/meta-data")
-    assert e.value.code == "HOST_NOT_ALLOWED" and "192.0.2.1" in str(e.value)
+        checked_address(parse_target("http://mixed.test/latest/meta-data"),
+                        allow_private=False, setting="accounts.default.http.allowed_hosts")
+    assert e.value.code == "HOST_NOT_ALLOWED"
+    assert "169.254.169.254, a link-local address" in str(e.value)
 
 
 def test_an_unresolvable_name_is_a_transient_failure_that_sent_nothing(
