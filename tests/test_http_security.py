@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 import socket
 import ssl
 import subprocess
@@ -20,7 +21,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine
+from sqlalchemy import Engine, func, insert, select
 
 from sqlbridge import registry
 from sqlbridge.allowlist import UrlRefused, parse_entry, parse_target
@@ -29,6 +30,7 @@ from sqlbridge.errors import ProviderError, TransientError, ValidationError
 from sqlbridge.providers import CallResult, Providers
 from sqlbridge.providers.netguard import address_kind, checked_address
 from sqlbridge.queue import Queue
+from sqlbridge.schema import outbox
 from sqlbridge.worker import Worker
 
 from .capture import Capture
@@ -506,3 +508,22 @@ def test_the_worker_fails_a_refused_host_once_and_enqueue_refuses_a_bad_shape(
     assert len(row["attempt_rows"]) == 1 and str(forbidden.port) in row["error_message"]
     assert queue.get(fine)["status"] == "succeeded"
     assert len(forbidden.connections) == before
+
+
+def test_a_row_inserted_directly_with_an_ambiguous_url_fails_in_the_worker(
+        engine: Engine, db_url: str, allowed: Capture, forbidden: Capture) -> None:
+    """What a T-SQL caller's row meets: the worker's own validation, before the provider."""
+    live = Settings(database_url=db_url, worker=FAST_WORKER,
+                    accounts={"default": account(allowed.url, allow_private=True)})
+    queue = Queue(engine, live)
+    url = f"http://127.0.0.1:{forbidden.port}\\@127.0.0.1:{allowed.port}/"
+    before = len(forbidden.connections), len(allowed.requests)
+    with engine.begin() as c:
+        c.execute(insert(outbox).values(operation="http.request", provider="http",
+                                        params=json.dumps({"url": url, "method": "GET"})))
+        row_id = c.execute(select(func.max(outbox.c.id))).scalar_one()
+    Worker(live, engine, schedules=False).run(once=True)
+    row = queue.get(row_id, with_attempts=True)
+    assert (row["status"], row["error_code"]) == ("failed", "INCORRECT_URL")
+    assert "backslash" in row["error_message"] and len(row["attempt_rows"]) == 1
+    assert (len(forbidden.connections), len(allowed.requests)) == before
