@@ -414,8 +414,8 @@ _ENV_WORKER = {
 }
 
 
-_ENV_OTHER = ("SQLBRIDGE_DATABASE_URL", "SQLBRIDGE_CONFIG")
-ENV_NAMES = (*_ENV_DEFAULT_ACCOUNT, *_ENV_NETWORK, *_ENV_WORKER, *_ENV_OTHER)
+# Every variable that can also be given as NAME_FILE (SQLBRIDGE_CONFIG names a file already).
+ENV_NAMES = (*_ENV_DEFAULT_ACCOUNT, *_ENV_NETWORK, *_ENV_WORKER, "SQLBRIDGE_DATABASE_URL")
 
 
 def _with_files(env: Mapping[str, str]) -> dict[str, str]:

@@ -78,6 +78,9 @@ def test_the_credential_part_of_a_header_value_is_a_secret_on_its_own() -> None:
                                                   "me@example.com:s3cret!", "me@example.com",
                                                   "s3cret!"]
     assert credential_parts("k-secret-123") == ["k-secret-123"]
+    # A value of several words gives what follows the scheme whole, never word by word.
+    assert credential_parts("Custom Production tok-1") == ["Custom Production tok-1",
+                                                          "Production tok-1"]
     assert scrub("the token tok-98765 was wrong", credential_parts("Bearer tok-98765")) == \
         f"the token {MASK} was wrong"
 
