@@ -15,7 +15,8 @@ the HTTP client reads it and refused (INCORRECT_URL) when it is ambiguous
 (``sqlbridge.allowlist``); its scheme, host and port must match an entry of the account's
 allowlist; every address the host resolves to must be public unless the entry allows private
 ones; and the connection goes to the checked address (``netguard``). Each refusal is
-HOST_NOT_ALLOWED, permanent, with nothing sent.
+permanent (INCORRECT_URL for the URL, HOST_NOT_ALLOWED for the rest), with nothing sent; a
+host outside the allowlist is not even resolved.
 """
 
 from __future__ import annotations
