@@ -36,8 +36,9 @@ def credential_parts(value: str) -> list[str]:
     parts = [value]
     words = value.split()
     if len(words) >= 2 and words[0].isalpha() and len(words[0]) <= 20:
-        rest = value.split(None, 1)[1].strip()
-        parts.extend([rest, *words[1:]])
+        # Only what follows the scheme word, whole: masking each word of a longer value would
+        # mask ordinary words all over every response.
+        parts.append(value.split(None, 1)[1].strip())
         if words[0].lower() == "basic" and len(words) == 2:
             try:
                 decoded = base64.b64decode(words[1], validate=True).decode("utf-8")
