@@ -399,6 +399,7 @@ _ENV_DEFAULT_ACCOUNT = {
     "SQLBRIDGE_ANNA_USER": ("anna", "user"),
     "SQLBRIDGE_ANNA_PASSWORD": ("anna", "password"),
     "SQLBRIDGE_HTTP_ALLOWED_HOSTS": ("http", "allowed_hosts"),
+    "SQLBRIDGE_HTTP_ALLOW_PRIVATE": ("http", "allow_private"),
 }
 _ENV_NETWORK = {
     "SQLBRIDGE_VERIFY_TLS": "verify_tls",

@@ -115,6 +115,9 @@ def test_the_environment_allowlist_takes_the_same_entries() -> None:
                 ).account("default").http
     assert [str(e) for e in http.allowed_hosts] == ["https://api.example.com",
                                                     "http://intranet:8080"]
+    assert not http.allow_private
+    assert load(env={"SQLBRIDGE_HTTP_ALLOWED_HOSTS": "http://127.0.0.1:8780",
+                     "SQLBRIDGE_HTTP_ALLOW_PRIVATE": "true"}).account("default").http.allow_private
 
 
 @pytest.mark.parametrize(("entry", "words"), [
