@@ -14,6 +14,7 @@ import json
 import socket
 import ssl
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -75,9 +76,10 @@ def forbidden6() -> Iterator[Capture | None]:
 
 def account(*entries: str, allow_private: bool = False, secret: bool = True,
             **http: Any) -> Account:
+    http = {"read_timeout": 10, "connect_timeout": 5, **http}
     return Account("default", http=HttpSettings(
         allowed_hosts=tuple(parse_entry(e, allow_private) for e in entries),
-        headers=SECRET_HEADERS if secret else {}, read_timeout=10, connect_timeout=5, **http))
+        headers=SECRET_HEADERS if secret else {}, **http))
 
 
 def call(providers: Providers, acct: Account, url: str, **params: Any) -> CallResult:
@@ -341,6 +343,41 @@ def test_an_unresolvable_name_is_a_transient_failure_that_sent_nothing(
     with pytest.raises(TransientError) as e:
         call(providers, account("https://api.example.com"), "https://api.example.com/")
     assert e.value.code == "CONNECTION_FAILED" and not e.value.delivered
+
+
+def test_a_resolver_that_never_answers_costs_the_connect_timeout_only(
+        providers: Providers, monkeypatch: pytest.MonkeyPatch) -> None:
+    release = threading.Event()
+    real = socket.getaddrinfo
+
+    def stuck(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "stuck.test":
+            release.wait(60)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", stuck)
+    try:
+        with pytest.raises(TransientError) as e:
+            call(providers, account("https://stuck.test", connect_timeout=0.2),
+                 "https://stuck.test/")
+        assert e.value.code == "CONNECT_TIMEOUT" and not e.value.delivered
+        assert "no DNS answer for stuck.test" in str(e.value)
+    finally:
+        release.set()
+
+
+def test_ipv4_addresses_are_connected_to_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = socket.getaddrinfo
+
+    def both(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "dual.test":
+            six = [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("2001:4860::8888", port, 0, 0))]
+            return six + real("8.8.8.8", port, *args, **kwargs)
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", both)
+    got = checked_address(parse_target("https://dual.test/"), allow_private=False, setting="x")
+    assert str(got) == "8.8.8.8"
 
 
 def test_environment_proxies_are_not_used_by_http_request(

@@ -83,7 +83,7 @@ def host_allowed(url: str, account: Account) -> Pin:
         # The proxy resolves the name and connects; the allowlist has been applied.
         return Pin(target, None)
     address = checked_address(target, allow_private=entry.allow_private or s.allow_private,
-                              setting=setting)
+                              setting=setting, timeout=s.connect_timeout)
     return Pin(target, address)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -57,12 +58,40 @@ def address_kind(ip: IPAddress) -> str | None:
     return None
 
 
-def resolve(target: Target) -> list[IPAddress]:
-    """Every address ``target.host`` resolves to (the address itself for an IP host)."""
+def _getaddrinfo(host: str, port: int, timeout: float) -> list[Any]:
+    """getaddrinfo, which has no timeout of its own, bounded by ``timeout``: it runs in a
+    daemon thread, so a resolver that never answers costs the call its connect timeout and
+    cannot hold up the worker's exit."""
+    done = threading.Event()
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["infos"] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="sqlbridge-dns", daemon=True).start()
+    if not done.wait(timeout):
+        raise TimeoutError
+    if "error" in box:
+        raise box["error"]
+    return list(box["infos"])
+
+
+def resolve(target: Target, timeout: float = 30.0) -> list[IPAddress]:
+    """Every address ``target.host`` resolves to (the address itself for an IP host), IPv4
+    first: the first one is the one connected to, and IPv4 is the path most hosts keep working.
+    """
     if target.ip is not None:
         return [target.ip]
     try:
-        infos = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
+        infos = _getaddrinfo(target.host, target.port, timeout)
+    except TimeoutError:
+        raise TransientError(f"http.request: no DNS answer for {target.host} within "
+                             f"{timeout:g}s", code="CONNECT_TIMEOUT", delivered=False) from None
     except (OSError, UnicodeError) as exc:
         raise TransientError(f"http.request: could not resolve {target.host} "
                              f"({type(exc).__name__})", code="CONNECTION_FAILED",
@@ -73,16 +102,18 @@ def resolve(target: Target) -> list[IPAddress]:
         ip = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
         if ip not in out:
             out.append(ip)
+    out.sort(key=lambda ip: ip.version)  # stable: the resolver's order within each family
     if not out:
         raise TransientError(f"http.request: {target.host} has no address",
                              code="CONNECTION_FAILED", delivered=False)
     return out
 
 
-def checked_address(target: Target, *, allow_private: bool, setting: str) -> IPAddress:
+def checked_address(target: Target, *, allow_private: bool, setting: str,
+                    timeout: float = 30.0) -> IPAddress:
     """The address to connect to: the first one ``target.host`` resolves to, when every one of
     them may be called; else HOST_NOT_ALLOWED naming the host, the address and the setting."""
-    addresses = resolve(target)
+    addresses = resolve(target, timeout)
     if not allow_private:
         for ip in addresses:
             kind = address_kind(ip)
