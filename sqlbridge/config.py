@@ -445,7 +445,7 @@ _warned_readable: set[str] = set()
 
 def _holds_secrets(raw: Mapping[str, Any]) -> bool:
     database_url = raw.get("database_url")
-    if isinstance(database_url, str) and urlsplit(database_url).password:
+    if isinstance(database_url, str) and "@" in database_url:  # user:password@host
         return True
     if raw.get("proxy"):
         return True
