@@ -485,6 +485,21 @@ def urls(draw: st.DrawFn, ports: tuple[int, int]) -> str:
     return "".join(parts)
 
 
+@settings(max_examples=1500, deadline=None)
+@given(url=st.one_of(st.text(max_size=200), urls((8080, 9090))))
+def test_reading_any_text_as_a_url_gives_a_target_or_a_refusal(url: str) -> None:
+    """No exception but UrlRefused, and what is accepted names one canonical host and port."""
+    try:
+        t = parse_target(url)
+    except UrlRefused as e:
+        assert str(e)
+        return
+    assert t.scheme in ("http", "https") and 0 < t.port < 65536 and t.host == t.host.lower()
+    # The prepared URL that is sent reads the same again.
+    again = parse_target(t.url)
+    assert (again.scheme, again.host, again.port) == (t.scheme, t.host, t.port)
+
+
 @pytest.fixture(scope="module")
 def fuzz_providers() -> Iterator[Providers]:
     from sqlbridge.providers import build_providers
