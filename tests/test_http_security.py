@@ -216,7 +216,9 @@ def test_no_bypass_form_reaches_another_host_or_port(providers: Providers, allow
 def test_the_allowed_path_works_over_real_http_with_host_and_secrets(
         providers: Providers, allowed: Capture) -> None:
     acct = account(allowed.url, allow_private=True)
-    got = call(providers, acct, f"HTTP://127.0.0.1:{allowed.port}/orders?x=1#frag")
+    # A caller's Host header cannot point the request at another virtual host.
+    got = call(providers, acct, f"HTTP://127.0.0.1:{allowed.port}/orders?x=1#frag",
+               headers={"Host": "internal.test"})
     assert got.http_status == 200
     seen = allowed.requests[-1]
     assert seen["path"] == "/orders?x=1"

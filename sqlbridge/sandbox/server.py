@@ -406,7 +406,9 @@ def serve(host: str = "127.0.0.1", port: int = 8780, faults: Faults | None = Non
           f"{SANDBOX_AFILNET_USER} SQLBRIDGE_AFILNET_PASSWORD={SANDBOX_AFILNET_PASSWORD}")
     print(f"  SQLBRIDGE_ANNA_URL={sb.anna_url} SQLBRIDGE_ANNA_COMPANY_HASH="
           f"{SANDBOX_ANNA_COMPANY_HASH} SQLBRIDGE_ANNA_USER={SANDBOX_ANNA_USER} "
-          f"SQLBRIDGE_ANNA_PASSWORD={SANDBOX_ANNA_PASSWORD}", flush=True)
+          f"SQLBRIDGE_ANNA_PASSWORD={SANDBOX_ANNA_PASSWORD}")
+    print(f"  SQLBRIDGE_HTTP_ALLOWED_HOSTS={sb.url.rstrip('/')} SQLBRIDGE_HTTP_ALLOW_PRIVATE=true",
+          flush=True)
     # SIGTERM (a supervisor, a benchmark tearing down) stops as cleanly as Ctrl-C.
     with contextlib.suppress(ValueError):  # signal() works only on the main thread
         signal.signal(signal.SIGTERM, lambda *_: sb.stopping.set())
