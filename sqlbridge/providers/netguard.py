@@ -147,11 +147,14 @@ def pinned(pin: Pin) -> Iterator[None]:
         _PIN.reset(token)
 
 
-def _leads_to(url: str) -> tuple[str, str, int]:
+def _leads_to(url: str) -> tuple[str, str, int] | None:
     # The very reading requests' adapter makes of the prepared URL (urllib.parse.urlparse).
-    parts = urlparse(url)
-    scheme = parts.scheme.lower()
-    return scheme, (parts.hostname or "").lower(), parts.port or DEFAULT_PORTS.get(scheme, -1)
+    try:
+        parts = urlparse(url)
+        scheme = parts.scheme.lower()
+        return scheme, (parts.hostname or "").lower(), parts.port or DEFAULT_PORTS.get(scheme, -1)
+    except ValueError:  # an unreadable port: it cannot be the checked host
+        return None
 
 
 class GuardedAdapter(HTTPAdapter):
