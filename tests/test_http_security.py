@@ -29,7 +29,7 @@ from sqlbridge.allowlist import UrlRefused, parse_entry, parse_target
 from sqlbridge.config import Account, HttpSettings, Secret, Settings
 from sqlbridge.errors import ProviderError, TransientError, ValidationError
 from sqlbridge.providers import CallResult, Providers
-from sqlbridge.providers.netguard import address_kind, checked_address
+from sqlbridge.providers.netguard import Pin, address_kind, checked_address, pinned
 from sqlbridge.queue import Queue
 from sqlbridge.schema import outbox
 from sqlbridge.worker import Worker
@@ -225,6 +225,20 @@ def test_the_allowed_path_works_over_real_http_with_host_and_secrets(
     assert seen["headers"]["Host"] == f"127.0.0.1:{allowed.port}"
     assert seen["headers"]["Authorization"] == f"Bearer {TOKEN}"  # sent to the allowed host…
     assert TOKEN not in str(got.response)  # …and never stored from its echo
+
+
+def test_the_adapter_refuses_a_request_that_does_not_lead_to_the_pinned_host(
+        providers: Providers, allowed: Capture, forbidden: Capture) -> None:
+    """The second line of defence: should the URL sent ever differ from the URL checked, the
+    session's adapter refuses it instead of connecting anywhere."""
+    before = len(forbidden.connections), len(allowed.connections)
+    pin = Pin(parse_target(f"{allowed.url}/"), ipaddress.ip_address("127.0.0.1"))
+    with pinned(pin), pytest.raises(ProviderError) as e:
+        providers.transport.send("GET", f"{forbidden.url}/", what="probe", timeout=(5, 5),
+                                 secrets=[])
+    assert e.value.code == "HOST_NOT_ALLOWED" and "does not lead to the checked host" in str(
+        e.value)
+    assert (len(forbidden.connections), len(allowed.connections)) == before
 
 
 def test_a_redirect_to_another_port_is_not_followed(providers: Providers, allowed: Capture,
