@@ -77,6 +77,10 @@ class Transport:
     # http(s)://[user:password@]host:port for every call of this section; None: no proxy
     # (afilnet and anna still honour HTTP(S)_PROXY from the environment, http.request does not).
     proxy: Secret | None = None
+    # Largest answer read, in bytes (a bigger one fails the call: RESPONSE_TOO_LARGE), and the
+    # longest a whole call may take, in seconds (None: connect_timeout + 2 x read_timeout).
+    max_response_bytes: int = 4 * 1024 * 1024
+    total_timeout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -259,6 +263,11 @@ def _transport_fields(prefix: str, raw: Mapping[str, Any]) -> dict[str, Any]:
             out[key] = _positive(f"{prefix}.{key}", raw[key])
     if raw.get("allow_resend") is not None:
         out["allow_resend"] = _bool(f"{prefix}.allow_resend", raw["allow_resend"])
+    if raw.get("total_timeout") is not None:
+        out["total_timeout"] = _positive(f"{prefix}.total_timeout", raw["total_timeout"])
+    if raw.get("max_response_bytes") is not None:
+        out["max_response_bytes"] = _positive(f"{prefix}.max_response_bytes",
+                                              raw["max_response_bytes"], integer=True)
     if out.get("verify_tls") is False:
         log.warning("%s.verify_tls = false: TLS certificates are not checked for these calls; "
                     "anyone on the network path can read and change them (set ca_bundle for a "
@@ -277,8 +286,8 @@ def _check_keys(prefix: str, raw: Mapping[str, Any], allowed: set[str]) -> None:
 # Settable for a whole account ([accounts.NAME]) or globally (top level, SQLBRIDGE_*), and
 # inherited by each provider section that does not set them itself.
 _NETWORK_KEYS = {"verify_tls", "ca_bundle", "proxy"}
-_TRANSPORT_KEYS = {"connect_timeout", "read_timeout", "rate_limit", "allow_resend"} | \
-    _NETWORK_KEYS
+_TRANSPORT_KEYS = {"connect_timeout", "read_timeout", "rate_limit", "allow_resend",
+                   "total_timeout", "max_response_bytes"} | _NETWORK_KEYS
 
 
 def _afilnet(prefix: str, raw: Mapping[str, Any]) -> AfilnetSettings:

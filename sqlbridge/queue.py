@@ -27,21 +27,24 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     Engine,
+    String,
     and_,
     bindparam,
     case,
+    cast,
     delete,
     func,
     insert,
+    or_,
     select,
     update,
 )
 from sqlalchemy.dialects import mssql
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from . import registry
+from . import delivery, registry
 from .config import Settings
-from .errors import ConfigError, InvalidState, RequestNotFound, SqlbridgeError, ValidationError
+from .errors import ConfigError, InvalidState, RequestNotFound, ValidationError
 from .schema import FINISHED, outbox, outbox_attempt
 from .sqlfuncs import utcnow
 
@@ -184,19 +187,31 @@ def _release_statement() -> Any:
     )
 
 
+def _lease_gone() -> Any:
+    # A row can reach 'processing' with no lease at all (INSERTed so by hand, a tool's bug):
+    # nobody will ever renew it, so it counts as expired.
+    return or_(outbox.c.locked_until.is_(None), outbox.c.locked_until < utcnow())
+
+
+def _expired_ids_statement() -> Any:
+    # Ids only: a row's text may be unreadable (see Queue.isolate_unreadable).
+    return select(outbox.c.id).where(outbox.c.status == "processing", _lease_gone())
+
+
 def _expired_statement() -> Any:
     return select(
         outbox.c.id, outbox.c.account, outbox.c.provider, outbox.c.operation, outbox.c.params,
         outbox.c.attempts, outbox.c.max_attempts, outbox.c.lease_token, outbox.c.locked_by,
-    ).where(outbox.c.status == "processing", outbox.c.locked_until < utcnow())
+    ).where(outbox.c.status == "processing", _lease_gone())
 
 
 def _recover_statement() -> Any:
     terminal = bindparam("terminal")
     return (
         update(outbox)
-        .where(outbox.c.id == bindparam("b_id"), outbox.c.lease_token == bindparam("b_token"),
-               outbox.c.status == "processing", outbox.c.locked_until < utcnow())
+        .where(outbox.c.id == bindparam("b_id"),
+               func.coalesce(outbox.c.lease_token, "") == bindparam("b_token"),
+               outbox.c.status == "processing", _lease_gone())
         .values(
             status=bindparam("b_status"),
             error_code=bindparam("b_error_code"),
@@ -206,6 +221,39 @@ def _recover_statement() -> Any:
             locked_by=None, locked_until=None, lease_token=None,
         )
     )
+
+
+def _unreadable_statement() -> Any:
+    """Fail one row by id without reading its text (it cannot be read)."""
+    return (
+        update(outbox)
+        .where(outbox.c.id == bindparam("b_id"), outbox.c.status.in_(("queued", "processing")))
+        .values(status="failed", error_code="UNREADABLE_ROW",
+                error_message=bindparam("b_error_message"), finished_at=utcnow(),
+                locked_by=None, locked_until=None, lease_token=None)
+    )
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """True when a statement failed on a row's content (text that is not valid UTF-8/UTF-16,
+    a date that is not a date) rather than on the database being unreachable."""
+    seen: list[BaseException] = []
+    cause: BaseException | None = exc
+    while cause is not None and cause not in seen:
+        seen.append(cause)
+        if isinstance(cause, UnicodeError | ValueError | TypeError):
+            return True
+        if isinstance(cause, DBAPIError) and getattr(cause, "connection_invalidated", False):
+            return False
+        text = str(getattr(cause, "orig", cause)).lower()
+        if "could not decode" in text or "utf-8" in text or "utf-16" in text:
+            return True
+        cause = getattr(cause, "orig", None) or cause.__cause__
+    return False
+
+
+def _unreadable_reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(getattr(exc, 'orig', None) or exc)[:120]}"
 
 
 def _attempt_statement() -> Any:
@@ -226,6 +274,7 @@ def mssql_statements() -> dict[str, str]:
         "release": _release_statement(),
         "expired": _expired_statement(),
         "recover": _recover_statement(),
+        "unreadable": _unreadable_statement(),
         "attempt": _attempt_statement().values(
             request_id=1, attempt=1, started_at=bindparam("s"), duration_ms=1, http_status=200,
             outcome="succeeded", error_code=None, error_message=None, worker="w"),
@@ -334,8 +383,19 @@ class Queue:
     # -- the worker's statements ---------------------------------------------------------------
 
     def claim(self, worker: str, limit: int, lease_seconds: float) -> list[Claimed]:
+        """Claim up to ``limit`` due rows. A claim that fails on a row's content (a poison
+        row) isolates that row (``isolate_unreadable``) and claims again, so one unreadable row
+        never stops the queue."""
         if limit <= 0:
             return []
+        try:
+            return self._claim(worker, limit, lease_seconds)
+        except Exception as exc:
+            if not is_data_error(exc) or not self.isolate_unreadable(limit):
+                raise
+        return self._claim(worker, limit, lease_seconds)
+
+    def _claim(self, worker: str, limit: int, lease_seconds: float) -> list[Claimed]:
         token = uuid.uuid4().hex
         with self.engine.begin() as conn:
             rows = conn.execute(_claim_statement(limit),
@@ -397,64 +457,114 @@ class Queue:
             ])
         return fenced
 
-    def recover_expired(self, is_send: Any = None) -> dict[str, int]:
-        """Settle rows whose worker stopped renewing its lease (killed, hung, partitioned).
+    def recover_expired(self) -> dict[str, int]:
+        """Settle rows whose worker stopped renewing its lease (killed, hung, partitioned), or
+        that are 'processing' with no lease at all.
 
-        ``is_send(row) -> bool`` says whether a row may have been delivered by its lost worker;
-        the default asks the registry and the account's ``allow_resend`` setting.
+        The question "may it have been delivered?" is answered by ``delivery``, as the worker
+        answers it: a row the worker's own checks refuse (``delivery.prepare``: bad
+        parameters, unknown account) was never sent and fails with that code; otherwise its
+        worker died mid-call (reach MAYBE): a send becomes ``uncertain`` unless the account
+        allows resending, anything else is queued again (``failed`` when no attempts are left).
         """
-        is_send = is_send or self._unsafe_to_resend
         counts = {"queued": 0, "failed": 0, "uncertain": 0}
+        try:
+            with self.engine.begin() as conn:
+                rows = conn.execute(_expired_statement()).all()
+        except Exception as exc:
+            if not is_data_error(exc):
+                raise
+            counts["failed"] += self.isolate_unreadable(expired=True)
+            with self.engine.begin() as conn:
+                rows = conn.execute(_expired_statement()).all()
+        if not rows:
+            return counts
+        updates = [self._settle_expired(r) for r in rows]
         with self.engine.begin() as conn:
-            rows = conn.execute(_expired_statement()).all()
-            if not rows:
-                return counts
-            updates, attempts = [], []
-            for r in rows:
-                if is_send(r):
-                    status, code = "uncertain", "LEASE_EXPIRED"
-                    text = (f"worker {r.locked_by} stopped while sending; the request may or "
-                            "may not have been delivered. Check with the recipient, then "
-                            f"'sqlbridge retry {r.id}' to send it again")
-                elif r.attempts >= r.max_attempts:
-                    status, code = "failed", "LEASE_EXPIRED"
-                    text = (f"worker {r.locked_by} stopped during the last of "
-                            f"{r.max_attempts} attempts")
-                else:
-                    status, code = "queued", "LEASE_EXPIRED"
-                    text = f"worker {r.locked_by} stopped; the request was queued again"
-                updates.append({"b_id": r.id, "b_token": r.lease_token, "b_status": status,
-                                "b_error_code": code, "b_error_message": text,
-                                "terminal": 0 if status == "queued" else 1})
-            for u in updates:
+            attempts = []
+            for r, u in zip(rows, updates, strict=True):
                 if conn.execute(_recover_statement(), u).rowcount:
                     counts[u["b_status"]] += 1
                     attempts.append({
-                        "request_id": u["b_id"],
-                        "attempt": next(r.attempts for r in rows if r.id == u["b_id"]),
+                        "request_id": r.id, "attempt": r.attempts,
                         "started_at": _utc_naive(), "duration_ms": None,
                         "http_status": None, "outcome": "lost_lease",
-                        "error_code": "LEASE_EXPIRED", "error_message": u["b_error_message"],
-                        "worker": next(r.locked_by for r in rows if r.id == u["b_id"]),
+                        "error_code": u["b_error_code"], "error_message": u["b_error_message"],
+                        "worker": r.locked_by,
                     })
             if attempts:
                 conn.execute(_attempt_statement(), attempts)
         return counts
 
-    def _unsafe_to_resend(self, row: Any) -> bool:
+    def _settle_expired(self, r: Any) -> dict[str, Any]:
+        """The recovery update of one expired row (see ``recover_expired``)."""
+        who = f"worker {r.locked_by}" if r.locked_by else "a worker (no lease was recorded)"
         try:
-            op = registry.resolve(row.operation, row.provider)
-            params = registry.parse_params(row.params, row.operation)
-        except SqlbridgeError:
-            return False  # never valid, so never sent
-        if not op.is_send(params):
-            return False
-        try:
-            account = self.settings.account(row.account)
-        except ConfigError:
-            return True
-        section = getattr(account, op.provider)
-        return not section.allow_resend
+            row = delivery.prepare(r.operation, r.params, r.provider, r.account, self.settings)
+        except (ValidationError, ConfigError) as exc:
+            status, code, text = "failed", exc.code, str(exc)
+        else:
+            rule = delivery.verdict(delivery.Reach.MAYBE, sending=row.sending,
+                                    resend_ok=row.resend_ok)
+            code = "LEASE_EXPIRED"
+            if rule is delivery.Verdict.UNCERTAIN:
+                status = "uncertain"
+                text = (f"{who} stopped while sending; the request may or may not have been "
+                        "delivered. Check with the recipient, then "
+                        f"'sqlbridge retry {r.id}' to send it again")
+            elif r.attempts >= r.max_attempts:
+                status = "failed"
+                text = f"{who} stopped during the last of {r.max_attempts} attempts"
+            else:
+                status = "queued"
+                text = f"{who} stopped; the request was queued again"
+        return {"b_id": r.id, "b_token": r.lease_token or "", "b_status": status,
+                "b_error_code": code, "b_error_message": text,
+                "terminal": 0 if status == "queued" else 1}
+
+    def isolate_unreadable(self, limit: int = 100, *, expired: bool = False) -> int:
+        """Find rows whose content cannot be read among those a claim (or, with ``expired``,
+        lease recovery) would take, and fail each by id with UNREADABLE_ROW; return how many.
+
+        Ids are selected alone (an integer always reads), then each row is read on its own:
+        the ones that fail are the poison, and the statement that fails them never reads
+        their text.
+        """
+        if expired:
+            pick = _expired_ids_statement()
+        else:
+            pick = (select(outbox.c.id)
+                    .where(outbox.c.status == "queued", outbox.c.available_at <= utcnow())
+                    .order_by(outbox.c.priority.desc(), outbox.c.id).limit(limit))
+        with self.engine.connect() as conn:
+            ids = list(conn.execute(pick).scalars())
+            bad: list[tuple[int, str]] = []
+            for rid in ids:
+                try:
+                    conn.execute(select(*_CLAIM_COLUMNS, outbox.c.locked_by)
+                                 .where(outbox.c.id == rid)).all()
+                except Exception as exc:
+                    if not is_data_error(exc):
+                        raise
+                    bad.append((rid, _unreadable_reason(exc)))
+        return self._fail_unreadable(bad)
+
+    def _fail_unreadable(self, bad: list[tuple[int, str]]) -> int:
+        failed = 0
+        with self.engine.begin() as conn:
+            for rid, reason in bad:
+                text = (f"request {rid} cannot be read ({reason}): a column holds bytes that "
+                        "are not valid text or a value of the wrong type, so it was failed "
+                        "without being sent; fix or delete the row")
+                if conn.execute(_unreadable_statement(),
+                                {"b_id": rid, "b_error_message": text}).rowcount:
+                    failed += 1
+                    conn.execute(_attempt_statement(), [{
+                        "request_id": rid, "attempt": 0, "started_at": _utc_naive(),
+                        "duration_ms": None, "http_status": None, "outcome": "failed",
+                        "error_code": "UNREADABLE_ROW", "error_message": text,
+                        "worker": None}])
+        return failed
 
     # -- operators -------------------------------------------------------------------------
 
@@ -541,8 +651,27 @@ class Queue:
                 .where(outbox.c.status == "queued")).one()
         if earliest is None:
             return None
-        earliest, now = _as_datetime(earliest), _as_datetime(now)
-        return max(0.0, (earliest - now).total_seconds())
+        try:
+            return max(0.0, (_as_datetime(earliest) - _as_datetime(now)).total_seconds())
+        except (ValueError, TypeError):
+            # Not a date (a row INSERTed with garbage): fail those rows, then ask again.
+            if not self._fail_undated():
+                return None
+            return self.next_due_in()
+
+    def _fail_undated(self) -> int:
+        """Fail queued rows whose ``available_at`` is not a date (UNREADABLE_ROW)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(outbox.c.id, cast(outbox.c.available_at, String))
+                                .where(outbox.c.status == "queued")).all()
+        bad = []
+        for rid, when in rows:
+            try:
+                if when is not None and not isinstance(_as_datetime(when), datetime):
+                    raise TypeError(when)
+            except (ValueError, TypeError):
+                bad.append((rid, f"available_at {str(when)[:40]!r} is not a date"))
+        return self._fail_unreadable(bad)
 
     def wait(self, request_id: int, timeout: float, poll: float = 0.1) -> dict[str, Any]:
         """Block until the request is finished or ``timeout`` seconds pass; return the row."""

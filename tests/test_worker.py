@@ -149,6 +149,8 @@ def test_5xx_answers_are_retried_with_backoff_until_they_succeed(live: Settings,
 
 
 def test_retry_after_on_429_is_honoured(live: Settings, sandbox: Sandbox, queue: Queue) -> None:
+    # Retry-After is honoured up to backoff_max (the fast test settings cap it at 0.2 s).
+    live = dataclasses.replace(live, worker=dataclasses.replace(live.worker, backoff_max=5))
     sandbox.fail_next(1, "429")  # Retry-After: 1
     rid = queue.enqueue("chat.getchatchannels", {}).id
     Worker(live, queue.engine, schedules=False).run(once=True)

@@ -43,7 +43,7 @@ from ..redact import scrub
 from ..registry import Operation
 from .base import CallResult
 from .session import request_options
-from .transport import Transport, json_object, refuse_client_error
+from .transport import Transport, answered, json_object, refuse_client_error
 
 ERRORS: dict[str, str] = {
     "MISSING_USER": "the user or e-mail was not sent",
@@ -161,21 +161,28 @@ class AfilnetClient:
             "POST", s.url, what=what, timeout=(s.connect_timeout, s.read_timeout),
             secrets=secrets, rate=((account.name, "afilnet"), s.rate_limit),
             data={k: str(v).encode("utf-8") for k, v in form.items()}, auth=auth,
-            **request_options(s))
+            max_bytes=s.max_response_bytes,
+            deadline=s.total_timeout, **request_options(s))
         refuse_client_error(resp, what, secrets)
-        body = json_object(resp, what, secrets)
-        status = str(body.get("status") or "").strip().lower()
-        clean = scrub(body, secrets)
-        if status == "error":
-            code = str(body.get("error") or "UNKNOWN_ERROR").strip().upper()
-            raise ProviderError(scrub(describe(op.name, code), secrets), code=code,
-                                http_status=resp.status_code, response=clean)
-        if status != "success":
-            shown = scrub(str(body.get("status"))[:50], secrets)
-            raise ProtocolError(f"{what}: 'status' is {shown!r}, neither success nor error",
-                                http_status=resp.status_code, response=clean)
-        rows = records(op.lands_in, body.get("result"), params, what)
-        return CallResult(resp.status_code, clean, scrub(rows, secrets))
+        return answered(resp.status_code, what, lambda: _read_answer(
+            op, params, json_object(resp, what, secrets), resp.status_code, secrets))
+
+
+def _read_answer(op: Operation, params: dict[str, Any], body: dict[str, Any], status_code: int,
+                 secrets: list[str]) -> CallResult:
+    what = f"{op.name} (Afilnet)"
+    status = str(body.get("status") or "").strip().lower()
+    clean = scrub(body, secrets)
+    if status == "error":
+        code = str(body.get("error") or "UNKNOWN_ERROR").strip().upper()
+        raise ProviderError(scrub(describe(op.name, code), secrets), code=code,
+                            http_status=status_code, response=clean)
+    if status != "success":
+        shown = scrub(str(body.get("status"))[:50], secrets)
+        raise ProtocolError(f"{what}: 'status' is {shown!r}, neither success nor error",
+                            http_status=status_code, response=clean)
+    rows = records(op.lands_in, body.get("result"), params, what)
+    return CallResult(status_code, clean, scrub(rows, secrets))
 
 
 def _form_value(value: Any) -> Any:

@@ -34,13 +34,14 @@ import unicodedata
 from datetime import UTC, datetime
 from typing import Any
 
+from .. import delivery
 from ..config import Account
-from ..errors import ConfigError, ProtocolError, ProviderError
+from ..errors import ConfigError, ProtocolError, ProviderError, TransientError
 from ..redact import scrub
 from ..registry import Operation
 from .base import CallResult
 from .session import request_options
-from .transport import Transport, json_object, refuse_client_error
+from .transport import Transport, answered, json_object, refuse_client_error
 
 TOKEN_PATH = "REST/Credentials/GetToken"
 # Renew this long before the stated expiry: a token that dies in flight costs a 401 round trip.
@@ -290,7 +291,8 @@ class AnnaClient:
         resp = self.transport.send(
             "POST", url + TOKEN_PATH, what=what, timeout=(s.connect_timeout, s.read_timeout),
             secrets=secrets, rate=((account.name, "anna"), s.rate_limit),
-            json={"hash": company, "user": user, "pass": password}, **request_options(s))
+            json={"hash": company, "user": user, "pass": password}, max_bytes=s.max_response_bytes,
+            deadline=s.total_timeout, **request_options(s))
         if resp.status_code in (401, 403):
             raise ProviderError(f"{what}: HTTP {resp.status_code}: the account's AnnA "
                                 "credentials were refused", code="ANNA_AUTH_FAILED",
@@ -306,31 +308,55 @@ class AnnaClient:
                                 code="ANNA_AUTH_FAILED", http_status=resp.status_code)
         return str(token), token_lifetime(field(data, "ExpiresIn"), s.token_lifetime)
 
+    def _token_before_sending(self, account: Account, stale: str | None = None) -> str:
+        """A token for a call about to be made. Trouble fetching it happened before the call
+        itself left, so it is reported as "not sent" (a send stays safe to retry) unless the
+        credentials were refused (permanent)."""
+        try:
+            return self._token(account, stale)
+        except TransientError as exc:
+            if exc.http_status is not None and delivery.reach_of_status(exc.http_status) \
+                    is delivery.Reach.NOT_DONE:
+                raise
+            raise TransientError(f"{exc} (getting a token; the call itself was not sent)",
+                                 code=exc.code, retry_after=exc.retry_after,
+                                 delivered=False) from None
+        except ProtocolError as exc:
+            raise TransientError(f"{exc} (getting a token; the call itself was not sent)",
+                                 code=exc.code, delivered=False) from None
+
     def call(self, op: Operation, params: dict[str, Any], account: Account) -> CallResult:
         url, company, _, _ = self._settings(account)
         body = body_for(op, params, company)
         s = account.anna
         secrets = account.secrets()
         what = f"{op.name} (AnnA)"
-        token = self._token(account)
+        token = self._token_before_sending(account)
         for first in (True, False):
             resp = self.transport.send(
                 "POST", url + str(op.path), what=what,
                 timeout=(s.connect_timeout, s.read_timeout), secrets=secrets,
                 rate=((account.name, "anna"), s.rate_limit), json=body,
-                headers={"Authorization": f"Bearer {token}"}, **request_options(s))
+                headers={"Authorization": f"Bearer {token}"},
+                max_bytes=s.max_response_bytes, deadline=s.total_timeout,
+                **request_options(s))
             if resp.status_code != 401 or not first:
                 break
-            token = self._token(account, stale=token)
+            token = self._token_before_sending(account, stale=token)
         if resp.status_code == 401:
             raise ProviderError(f"{what}: HTTP 401 even with a fresh token",
                                 code="ANNA_UNAUTHORIZED", http_status=401)
         refuse_client_error(resp, what, secrets)
-        answer = json_object(resp, what, secrets)
+        return answered(resp.status_code, what, lambda: self._read_answer(
+            op, params, json_object(resp, what, secrets), resp.status_code, secrets))
+
+    @staticmethod
+    def _read_answer(op: Operation, params: dict[str, Any], answer: dict[str, Any],
+                     status: int, secrets: list[str]) -> CallResult:
         clean = scrub(answer, secrets)
-        if not _succeeded(answer, what):
+        if not _succeeded(answer, f"{op.name} (AnnA)"):
             message = str(field(answer, "message") or "no message")[:500]
             raise ProviderError(scrub(f"{op.name}: {message}", secrets),
-                                code=refusal_code(message), http_status=resp.status_code,
+                                code=refusal_code(message), http_status=status,
                                 response=clean)
-        return CallResult(resp.status_code, clean, scrub(records(op, params, answer), secrets))
+        return CallResult(status, clean, scrub(records(op, params, answer), secrets))

@@ -35,7 +35,7 @@ from ..registry import Operation
 from .base import CallResult
 from .netguard import Pin, checked_address, pinned
 from .session import request_options
-from .transport import RETRYABLE_STATUS, Transport, retry_after
+from .transport import RETRYABLE_STATUS, Transport, parse_json, retry_after
 
 # Hop-by-hop headers say nothing about the answer; cookies are credentials.
 _DROP_HEADERS = {"set-cookie", "connection", "keep-alive", "transfer-encoding"}
@@ -46,7 +46,7 @@ TEXT_TYPE = "text/plain; charset=utf-8"
 def shaped(resp: requests.Response) -> dict[str, Any]:
     """The answer as sp_invoke_external_rest_endpoint's @response would hold it."""
     try:
-        result: Any = resp.json() if resp.content else None
+        result: Any = parse_json(resp) if resp.content else None
     except ValueError:
         result = resp.text
     return {"response": {"status": {"http": {"code": resp.status_code,
@@ -129,7 +129,8 @@ class HttpClient:
             resp = self.transport.send(
                 method, pin.target.url, what=what, timeout=(s.connect_timeout, timeout),
                 secrets=secrets, rate=((account.name, "http"), s.rate_limit), check_status=False,
-                data=data, headers=headers, **request_options(s, environment_proxies=False))
+                data=data, headers=headers, max_bytes=s.max_response_bytes,
+                deadline=s.total_timeout, **request_options(s, environment_proxies=False))
         answer = scrub(shaped(resp), secrets)
         status = resp.status_code
         if 200 <= status < 300:

@@ -1,30 +1,38 @@
 """Sending one request, and turning what happened on the wire into sqlbridge errors.
 
-The worker's retry decisions rest on one distinction made here: whether a failed request may
-have reached the remote end. A refused connection, a failed DNS lookup, a failed TLS handshake
-or a connect timeout provably delivered nothing (``delivered=False``: safe to send again); a
-read timeout or a connection dropped after the request was written might have
-(``delivered=True``: a send becomes ``uncertain``).
+What each failure says about delivery is decided by ``sqlbridge.delivery`` (one rule for the
+transport, the worker and lease recovery); this module only reports the facts: whether the
+request may have left (``delivered``) and the HTTP status, if any.
 
-| what happened                                   | raised                                     |
-| ----------------------------------------------- | ------------------------------------------ |
-| connection refused, DNS, TLS, connect timeout   | TransientError(delivered=False)            |
-| read timeout, connection lost mid-call          | TransientError(delivered=True)             |
-| HTTP 429, 500, 502, 503, 504                    | TransientError(http_status, retry_after)   |
-| other HTTP 4xx (``refuse_client_error``)        | ProviderError(HTTP_4xx), permanent         |
-| body empty, not JSON, not an object            | ProtocolError (retryable)                  |
-| a URL or header requests cannot send           | ProviderError(INVALID_REQUEST), permanent  |
+| what happened                                      | raised                                      |
+| -------------------------------------------------- | ------------------------------------------- |
+| connection refused, DNS, TLS, connect timeout      | TransientError(delivered=False)             |
+| read timeout, connection lost mid-call             | TransientError(delivered=True)              |
+| the call's total deadline passed (a dripping body) | TransientError(DEADLINE_EXCEEDED, delivered)|
+| HTTP 429 or any 5xx                                | TransientError(http_status, retry_after)    |
+| other HTTP 4xx (``refuse_client_error``)           | ProviderError(HTTP_4xx), permanent          |
+| body larger than ``max_response_bytes``            | ProtocolError(RESPONSE_TOO_LARGE)           |
+| body empty, not JSON, not an object, too deep      | ProtocolError (PROTOCOL_ERROR)              |
+| a URL or header requests cannot send               | ProviderError(INVALID_REQUEST), permanent   |
 
-Every message is short (a body excerpt of at most 200 characters) and scrubbed.
+Bodies are read streamed, at most ``max_bytes`` of them (default DEFAULT_MAX_RESPONSE_BYTES),
+and never past the call's deadline (default connect + 2 x read timeout): whatever a server sends,
+a call holds a bounded amount of memory for a bounded time. Every message is short (a body
+excerpt of at most 200 characters) and scrubbed.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import requests
+import urllib3.exceptions
 from urllib3.exceptions import NewConnectionError
 
+from .. import textsafe
 from ..backoff import parse_retry_after
 from ..errors import ProtocolError, ProviderError, TransientError
 from ..redact import scrub
@@ -33,6 +41,11 @@ from .session import make_session
 
 RETRYABLE_STATUS = (429, 500, 502, 503, 504)
 SNIPPET = 200
+DEFAULT_MAX_RESPONSE_BYTES = 4 * 1024 * 1024
+# An error answer (429/5xx) is read only for its excerpt.
+ERROR_BODY_BYTES = 64 * 1024
+CHUNK = 64 * 1024
+T = TypeVar("T")
 _NOT_SENDABLE = (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
                  requests.exceptions.InvalidSchema, requests.exceptions.InvalidHeader,
                  UnicodeEncodeError)
@@ -50,16 +63,21 @@ class Transport:
 
     def send(self, method: str, url: str, *, what: str, timeout: tuple[float, float],
              secrets: list[str], rate: tuple[tuple[str, str], float | None] | None = None,
-             check_status: bool = True, **kwargs: Any) -> requests.Response:
-        """Send once. Network trouble raises TransientError; so do retryable statuses unless
+             check_status: bool = True, max_bytes: int | None = None,
+             deadline: float | None = None, **kwargs: Any) -> requests.Response:
+        """Send once and read the answer (at most ``max_bytes``, within ``deadline`` seconds
+        of the start). Network trouble raises TransientError; so do 429 and 5xx answers unless
         ``check_status`` is off (http.request shapes those answers itself)."""
         if rate is not None:
             self.limiter.acquire(*rate)
+        limit = max_bytes or DEFAULT_MAX_RESPONSE_BYTES
+        budget = deadline or (timeout[0] + 2 * timeout[1])
+        ends = time.monotonic() + budget
         try:
             # Redirects are not followed: a 30x to another host would step around the
             # http.request allowlist, and a redirected POST silently becomes a GET.
             resp = self.session.request(method, url, timeout=timeout, allow_redirects=False,
-                                        **kwargs)
+                                        stream=True, **kwargs)
         except requests.ConnectTimeout:
             raise TransientError(f"{what}: could not connect within {timeout[0]:g}s",
                                  code="CONNECT_TIMEOUT", delivered=False) from None
@@ -82,12 +100,61 @@ class Transport:
         except requests.RequestException as exc:
             raise TransientError(f"{what}: {type(exc).__name__}", code="CONNECTION_LOST",
                                  delivered=True) from None
-        if check_status and resp.status_code in RETRYABLE_STATUS:
+        failing = check_status and (resp.status_code == 429 or resp.status_code >= 500)
+        try:
+            _read_body(resp, what, ERROR_BODY_BYTES if failing else limit, ends, budget,
+                       truncate=failing)
+        finally:
+            resp.close()
+        if failing:
             raise TransientError(
                 f"{what}: HTTP {resp.status_code} {resp.reason or ''}".rstrip(),
                 code=f"HTTP_{resp.status_code}", http_status=resp.status_code,
                 retry_after=retry_after(resp), response=scrub(snippet(resp), secrets))
         return resp
+
+
+def _read_body(resp: requests.Response, what: str, limit: int, ends: float, budget: float,
+               *, truncate: bool = False) -> None:
+    """Read the streamed body into ``resp`` (so ``.content``/``.json()`` work as usual), one
+    socket read at a time so that the deadline is checked between reads: a server dripping a
+    byte a second never trips a read timeout, but it trips this."""
+    status = resp.status_code
+    declared = resp.headers.get("Content-Length", "")
+    if not truncate and declared.isascii() and declared.isdigit() and int(declared) > limit:
+        raise ProtocolError(f"{what}: the answer is {int(declared)} bytes, more than the "
+                            f"limit of {limit} (max_response_bytes)", code="RESPONSE_TOO_LARGE",
+                            http_status=status)
+    chunks: list[bytes] = []
+    size = 0
+    raw = resp.raw
+    while True:
+        if time.monotonic() > ends:
+            raise TransientError(f"{what}: the answer did not arrive within the call's "
+                                 f"deadline of {budget:g}s (HTTP {status}, {size} bytes so far)",
+                                 code="DEADLINE_EXCEEDED", delivered=True)
+        try:
+            chunk = raw.read1(CHUNK)
+        except (urllib3.exceptions.ReadTimeoutError, TimeoutError):
+            raise TransientError(f"{what}: the answer stopped arriving (HTTP {status})",
+                                 code="READ_TIMEOUT", delivered=True) from None
+        except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+            raise TransientError(f"{what}: connection lost while reading the answer "
+                                 f"(HTTP {status}, {type(exc).__name__})",
+                                 code="CONNECTION_LOST", delivered=True) from None
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > limit:
+            if truncate:
+                chunks.append(chunk[: limit - (size - len(chunk))])
+                break
+            raise ProtocolError(f"{what}: the answer is larger than the limit of {limit} "
+                                "bytes (max_response_bytes)", code="RESPONSE_TOO_LARGE",
+                                http_status=status)
+        chunks.append(chunk)
+    resp._content = b"".join(chunks)  # noqa: SLF001 - requests' own cache of the body
+    resp._content_consumed = True  # noqa: SLF001
 
 
 def _never_left(exc: requests.ConnectionError) -> bool:
@@ -115,8 +182,27 @@ def retry_after(resp: requests.Response) -> float | None:
 
 
 def snippet(resp: requests.Response) -> str:
-    text = resp.text or ""
+    # Decoded leniently and cut in bytes first: an excerpt of a 4 MB body costs nothing.
+    text = textsafe.text((resp.content or b"")[: SNIPPET * 4].decode("utf-8", "replace"))
     return text if len(text) <= SNIPPET else text[:SNIPPET] + "…"
+
+
+def parse_json(resp: requests.Response) -> Any:
+    """The body as JSON; ValueError when it is not (invalid JSON or UTF-8, nested more than
+    textsafe.MAX_JSON_DEPTH levels)."""
+    try:
+        body = json.loads(resp.content)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    except ValueError:
+        # Not UTF-8 JSON: the declared charset may still make it JSON (requests' own rule).
+        try:
+            body = json.loads(resp.text)
+        except RecursionError:
+            raise ValueError("nested too deeply") from None
+    if textsafe.depth(body) > textsafe.MAX_JSON_DEPTH:
+        raise ValueError("nested too deeply")
+    return body
 
 
 def json_object(resp: requests.Response, what: str, secrets: list[str]) -> dict[str, Any]:
@@ -125,10 +211,14 @@ def json_object(resp: requests.Response, what: str, secrets: list[str]) -> dict[
         raise ProtocolError(f"{what}: empty answer (HTTP {resp.status_code})",
                             http_status=resp.status_code)
     try:
-        body = resp.json()
-    except ValueError:
+        body = parse_json(resp)
+    except ValueError as exc:
+        if "nested too deeply" in str(exc):
+            raise ProtocolError(f"{what}: the answer is JSON nested more than "
+                                f"{textsafe.MAX_JSON_DEPTH} levels deep (HTTP "
+                                f"{resp.status_code})", http_status=resp.status_code) from None
         html = "html" in resp.headers.get("Content-Type", "").lower() or \
-            resp.text.lstrip().startswith("<")
+            resp.content.lstrip().startswith(b"<")
         kind = "an HTML page, not JSON" if html else "not valid JSON"
         raise ProtocolError(f"{what}: the answer is {kind} (HTTP {resp.status_code}): "
                             f"{scrub(snippet(resp), secrets)!r}",
@@ -137,6 +227,28 @@ def json_object(resp: requests.Response, what: str, secrets: list[str]) -> dict[
         raise ProtocolError(f"{what}: expected a JSON object, got {_json_kind(body)}",
                             http_status=resp.status_code)
     return body
+
+
+def answered(status: int, what: str, read: Callable[[], T]) -> T:
+    """Run ``read`` (a client's parsing of an answer that arrived with ``status``).
+
+    Whatever goes wrong while reading an answer is a ProtocolError carrying that status, never
+    a bare exception: a parser tripping over an unexpected shape (a number where a list
+    belongs) must not read as a worker bug, and the delivery rule needs the status to know that
+    a send reached the remote (a garbled 2xx is ``uncertain``, never sent again).
+    """
+    try:
+        return read()
+    except ProtocolError as exc:
+        if exc.http_status is None:
+            exc.http_status = status
+        raise
+    except ProviderError:
+        raise
+    except (ArithmeticError, LookupError, TypeError, ValueError, AttributeError,
+            RecursionError) as exc:
+        raise ProtocolError(f"{what}: the answer (HTTP {status}) has an unexpected shape "
+                            f"({type(exc).__name__})", http_status=status) from None
 
 
 def _json_kind(value: Any) -> str:
