@@ -7,6 +7,7 @@ exit code scripts can rely on (``EXIT_CODES``), never a traceback.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from typing import Any
@@ -191,30 +192,47 @@ def purge(ctx: Context, older_than: str, statuses: tuple[str, ...]) -> None:
 @click.option("--poll-interval", type=float, help="Longest sleep when idle, seconds.")
 @click.option("--lease", type=float, help="Lease length, seconds.")
 @click.option("--no-schedules", is_flag=True, help="Do not run due schedules.")
+@click.option("--grace", type=click.FloatRange(0, 86400), default=30.0, show_default=True,
+              help="Seconds calls in flight get to finish after SIGTERM/SIGINT; then the "
+                   "worker exits and leaves their rows to lease recovery.")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
 @common
 def worker(ctx: Context, once: bool, concurrency: int | None, batch: int | None,
            poll_interval: float | None, lease: float | None, no_schedules: bool,
-           log_level: str) -> None:
-    """Send queued requests until stopped (SIGTERM/SIGINT stop it cleanly)."""
+           grace: float, log_level: str) -> None:
+    """Send queued requests until stopped (SIGTERM/SIGINT stop it cleanly; a second one
+    exits at once)."""
     from .worker import Worker
 
     logging.basicConfig(level=log_level,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     w = Worker(ctx.settings, ctx.engine, concurrency=concurrency, batch=batch,
-               poll_interval=poll_interval, lease_seconds=lease, schedules=not no_schedules)
+               poll_interval=poll_interval, lease_seconds=lease, schedules=not no_schedules,
+               grace=grace)
+    log = logging.getLogger("sqlbridge.worker")
 
     def _stop(signum: int, _frame: Any) -> None:
-        logging.getLogger("sqlbridge.worker").info("signal %d: finishing in-flight calls",
-                                                   signum)
+        if w.stopping:
+            # The second signal: exit now. Rows in flight keep their leases, which expire
+            # and are settled by lease recovery.
+            log.warning("signal %d again: exiting now", signum)
+            os._exit(128 + signum)
+        log.info("signal %d: finishing in-flight calls (up to %gs)", signum, grace)
         w.stop()
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     stats = w.run(once=once)
     click.echo(f"processed: {stats.succeeded} succeeded, {stats.failed} failed, "
-               f"{stats.retried} to retry, {stats.uncertain} uncertain")
+               f"{stats.retried} to retry, {stats.uncertain} uncertain"
+               + (f", {stats.abandoned} left to lease recovery" if stats.abandoned else ""))
+    if stats.abandoned:
+        # Abandoned calls still hold pool threads that the interpreter would wait for.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(0)
 
 
 # Commands kept in their own modules (they share cli_support with this one).

@@ -6,7 +6,13 @@ transaction for everything that completed since the last loop, one lease renewal
 token) and means a database outage pauses bookkeeping without touching calls in flight.
 
 Shutdown (SIGTERM/SIGINT through ``stop()``): no new claims; claims not yet started are
-released back to the queue without counting an attempt; calls in flight finish and are written.
+released back to the queue without counting an attempt; calls in flight get ``grace`` seconds
+(default 30) to finish and be written. Calls still running after that are abandoned: their rows
+keep their leases, which expire and are settled by lease recovery (reads run again, sends become
+``uncertain``), and ``stats.abandoned`` tells the caller to exit without waiting for them.
+A row whose content cannot be read (a poison row) fails alone with UNREADABLE_ROW (see
+``Queue.claim``); a statement that still fails on data is logged and skipped, never retried in a
+loop, and a result that cannot be stored is replaced by a plain failure of its own row.
 A lost database connection is retried with back-off until it returns or the worker is stopped;
 completions wait in memory meanwhile, and if their leases expired in the gap the fenced finish
 refuses them and recovery settles the rows (reads run again, sends become ``uncertain``).
@@ -31,7 +37,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from . import attempt, sync
 from .config import Settings
 from .db import make_engine
-from .queue import Claimed, Completion, Queue
+from .queue import Claimed, Completion, Queue, is_data_error
 
 log = logging.getLogger("sqlbridge.worker")
 T = TypeVar("T")
@@ -41,6 +47,8 @@ T = TypeVar("T")
 FLUSH_INTERVAL = 0.1
 # With --once, a queued row due within this many seconds (a retry's backoff) is waited for.
 ONCE_HORIZON = 30.0
+# Seconds calls in flight get to finish after a stop request (``sqlbridge worker --grace``).
+DEFAULT_GRACE = 30.0
 _RETRYABLE_DB_CODES = ("1205", "1222", "40001", "database is locked")
 
 
@@ -53,6 +61,8 @@ class WorkerStats:
     uncertain: int = 0
     fenced: int = 0
     released: int = 0
+    # Calls still running when the shutdown grace ran out (left to lease recovery).
+    abandoned: int = 0
     recovered: dict[str, int] = field(default_factory=dict)
     db_errors: int = 0
 
@@ -72,8 +82,9 @@ class Worker:
                  worker_id: str | None = None, concurrency: int | None = None,
                  batch: int | None = None, poll_interval: float | None = None,
                  lease_seconds: float | None = None, call: attempt.Caller | None = None,
-                 schedules: bool = True) -> None:
+                 schedules: bool = True, grace: float = DEFAULT_GRACE) -> None:
         self.settings = settings
+        self.grace = max(0.0, grace)
         self.engine = engine or make_engine(settings.database_url)
         self.queue = Queue(self.engine, settings)
         w = settings.worker
@@ -114,19 +125,31 @@ class Worker:
 
     # -- database calls that survive outages --------------------------------------------------
 
-    def _db(self, what: str, fn: Callable[[], T], *, must_finish: bool = False) -> T | None:
+    def _db(self, what: str, fn: Callable[[], T], *, must_finish: bool = False,
+            skip_data_errors: bool = True) -> T | None:
         """Run one queue call; on a lost connection or deadlock, back off and try again.
 
         Gives up (returns None) once the worker is stopping, except for ``must_finish`` calls
         (writing results, releasing claims), which keep trying for one lease period: after
-        that the leases have expired anyway and recovery settles the rows.
+        that the leases have expired anyway and recovery settles the rows. A failure caused by
+        a row's content (``is_data_error``) is not an outage: running the same statement again
+        would fail the same way forever, so it is logged and skipped (returns None), unless
+        ``skip_data_errors`` is off (the caller handles it).
         """
         pause = 0.2
         deadline: float | None = None
         while True:
             try:
                 return fn()
-            except (OperationalError, DBAPIError) as exc:
+            except Exception as exc:
+                if is_data_error(exc):
+                    if not skip_data_errors:
+                        raise
+                    log.error("%s failed on a row's content and was skipped: %s", what,
+                              str(exc)[:300])
+                    return None
+                if not isinstance(exc, OperationalError | DBAPIError):
+                    raise
                 self.stats.db_errors += 1
                 retryable = exc.connection_invalidated or isinstance(exc, OperationalError) or \
                     any(code in str(exc.orig) for code in _RETRYABLE_DB_CODES)
@@ -222,12 +245,17 @@ class Worker:
                     last_flush = time.monotonic()
                 self._renew(tokens, inflight)
         finally:
-            self._shutdown(pool, inflight, done, writer)
+            self._shutdown(pool, inflight, done, writer, tokens)
         return self.stats
 
     def _flush(self, done: list[Completion], writer: Callable[..., Any]) -> None:
-        fenced = self._db("finish", lambda: self.queue.finish(done, writer),
-                          must_finish=True)
+        try:
+            fenced = self._db("finish", lambda: self.queue.finish(done, writer),
+                              must_finish=True, skip_data_errors=False)
+        except Exception as exc:
+            if not is_data_error(exc):
+                raise
+            fenced = self._finish_one_by_one(done, writer)
         if fenced is None:
             return
         for c in done:
@@ -237,6 +265,35 @@ class Worker:
             else:
                 self.stats.count(c.status)
         done.clear()
+
+    def _finish_one_by_one(self, done: list[Completion],
+                           writer: Callable[..., Any]) -> list[int] | None:
+        """A batch failed on some result's content (textsafe should make that impossible; this
+        is the net under it): write each result alone, and replace one that still cannot be
+        written by a plain failure of its row, so one answer never holds back the others."""
+        fenced: list[int] = []
+        for i, c in enumerate(done):
+            try:
+                got = self._db("finish", lambda c=c: self.queue.finish([c], writer),
+                               must_finish=True, skip_data_errors=False)
+            except Exception as exc:
+                if not is_data_error(exc):
+                    raise
+                log.error("request %d: its result could not be stored (%s); failing it",
+                          c.id, type(exc).__name__)
+                plain = Completion(
+                    id=c.id, lease_token=c.lease_token, attempt=c.attempt, status="failed",
+                    started_at=c.started_at, duration_ms=c.duration_ms, worker=c.worker,
+                    provider=c.provider, http_status=c.http_status,
+                    error_code="UNSTORABLE_RESULT",
+                    error_message=f"the result could not be stored: {type(exc).__name__}")
+                done[i] = plain
+                got = self._db("finish", lambda p=plain: self.queue.finish([p], None),
+                               must_finish=True)
+            if got is None:
+                return None
+            fenced.extend(got)
+        return fenced
 
     def _renew(self, tokens: dict[str, float], inflight: dict[Future[Completion], Claimed]) -> None:
         live = {c.lease_token for c in inflight.values()}
@@ -249,18 +306,35 @@ class Worker:
                 tokens[token] = now
 
     def _shutdown(self, pool: ThreadPoolExecutor, inflight: dict[Future[Completion], Claimed],
-                  done: list[Completion], writer: Callable[..., Any]) -> None:
+                  done: list[Completion], writer: Callable[..., Any],
+                  tokens: dict[str, float]) -> None:
         unstarted = [c for fut, c in inflight.items() if fut.cancel()]
         if unstarted:
             released = self._db("release", lambda: self.queue.release(unstarted),
                                 must_finish=True) or 0
             self.stats.released += released
-        for fut, _c in list(inflight.items()):
-            if not fut.cancelled():
+        running = {fut: c for fut, c in inflight.items() if not fut.cancelled()}
+        ends = time.monotonic() + self.grace
+        while running:
+            left = ends - time.monotonic()
+            if left <= 0:
+                break
+            finished, _ = wait(list(running), timeout=min(left, 1.0),
+                               return_when=FIRST_COMPLETED)
+            for fut in finished:
+                running.pop(fut)
                 done.append(fut.result())
-        pool.shutdown(wait=True)
+            self._renew(tokens, running)  # a long grace must not lose the leases
+        if running:
+            self.stats.abandoned = len(running)
+            log.warning("worker %s: %d calls still running after the %gs grace; leaving their "
+                        "rows to lease recovery (ids %s)", self.id, len(running), self.grace,
+                        ", ".join(str(c.id) for c in running.values()))
+        # Abandoned calls keep running on their threads until their own deadline; nothing
+        # waits for them (the process exits; see the worker command).
+        pool.shutdown(wait=not running, cancel_futures=True)
         if done:
             self._flush(done, writer)
-        if self._providers is not None:
+        if self._providers is not None and not running:
             self._providers.close()
         log.info("worker %s stopped: %s", self.id, self.stats)
