@@ -1,5 +1,11 @@
 """Faults the sandbox can inject: random by rate (load tests, demos) or scripted (tests that
-need exactly "the next two calls answer 503")."""
+need exactly "the next two calls answer 503").
+
+Most faults happen *before* the request is processed (nothing was done). The ``after_*`` kinds
+happen *after* it: the sandbox does the work (a message is sent, a user forced) and then the
+answer is lost or replaced, as when a gateway answers 502/504 after the backend succeeded or a
+connection drops on the way back. These are what make a resent send a duplicate.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,11 @@ import random
 import threading
 from dataclasses import dataclass
 
-KINDS = ("503", "500", "502", "429", "timeout", "drop", "html", "empty", "badjson")
+BEFORE_KINDS = ("503", "500", "502", "429", "timeout", "drop", "html", "empty", "badjson")
+# The request is processed, then: a gateway error, no answer, or a garbled 200.
+AFTER_KINDS = ("after_502", "after_504", "after_500", "after_drop", "after_timeout",
+               "after_html", "after_garbled")
+KINDS = BEFORE_KINDS + AFTER_KINDS
 
 
 @dataclass
@@ -19,6 +29,9 @@ class Faults:
     drop_rate: float = 0.0  # close the connection without an answer
     malformed_rate: float = 0.0  # HTTP 200 with an HTML page
     empty_rate: float = 0.0  # HTTP 200 with no body
+    # After processing: one of after_kinds, drawn evenly.
+    after_rate: float = 0.0
+    after_kinds: tuple[str, ...] = AFTER_KINDS
     timeout_seconds: float = 5.0
     seed: int | None = None
 
@@ -67,4 +80,6 @@ class FaultPlan:
                 if draw < rate:
                     return kind
                 draw -= rate
+            if draw < f.after_rate and f.after_kinds:
+                return f.after_kinds[self._rng.randrange(len(f.after_kinds))]
             return None

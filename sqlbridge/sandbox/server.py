@@ -110,6 +110,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, body: bytes, content_type: str = "application/json",
               headers: dict[str, str] | None = None) -> None:
+        after, self._after = getattr(self, "_after", None), None
+        if after is not None:  # the work is done; now the answer goes wrong
+            self._fault(after.removeprefix("after_"))
+            return
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -134,7 +138,7 @@ class _Handler(BaseHTTPRequestHandler):
             with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
             return True
-        if kind in ("503", "500", "502", "429"):
+        if kind in ("503", "500", "502", "504", "429"):
             retry = {"Retry-After": "1"} if kind in ("429", "503") else {}
             self._send(int(kind), f'{{"error": "sandbox fault {kind}"}}'.encode(),
                        headers=retry)
@@ -145,6 +149,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, b"")
         elif kind == "badjson":
             self._send(200, b'{"status":')
+        elif kind == "garbled":  # 200, JSON, but not the vendor's shape
+            self._send(200, b'{"ok": 1}')
         return True
 
     def _body(self) -> bytes:
@@ -181,8 +187,11 @@ class _Handler(BaseHTTPRequestHandler):
         if sb.faults.latency_ms and sb.stopping.wait(sb.faults.latency_ms / 1000):
             return  # stopping: no answer, as from a vendor that went away mid-call
         kind = sb.plan.choose(path)
-        if kind and self._fault(kind):
+        if kind and not kind.startswith("after_") and self._fault(kind):
             return
+        self._after = kind  # an after_* fault replaces the answer in _send
+        sb.record_processed(_operation(path, form), form.get("message") if form else
+                            raw.decode("utf-8", "replace"))
         try:
             if afilnet_path:
                 self._afilnet(path.startswith("api/basic"), form)
@@ -296,6 +305,9 @@ class Sandbox:
         # pairs, operation being e.g. "chat.sendmessage" or "User/UserHash".
         self.requests_seen: list[str] = []
         self.operations_seen: list[tuple[str, str]] = []
+        # (operation, message or body) of every request that was processed, i.e. got past the
+        # faults that happen before processing: what the fake vendor actually did.
+        self.processed: list[tuple[str, str]] = []
         self._seen_lock = threading.Lock()
         self.stopping = threading.Event()
         self._server: _Server | None = None
@@ -306,6 +318,10 @@ class Sandbox:
             self.requests_seen.append(path)
             self.operations_seen.append((path, operation))
 
+    def record_processed(self, operation: str, what: str | None) -> None:
+        with self._seen_lock:
+            self.processed.append((operation, what or ""))
+
     def reset(self) -> None:
         """Back to the seeded state, with no scripted faults and nothing seen."""
         self.state = seeded(self.seed)
@@ -313,6 +329,7 @@ class Sandbox:
         with self._seen_lock:
             self.requests_seen.clear()
             self.operations_seen.clear()
+            self.processed.clear()
 
     def fail_next(self, n: int, kind: str, path_contains: str | None = None) -> None:
         self.plan.fail_next(n, kind, path_contains)
