@@ -40,7 +40,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import mssql
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
 from . import delivery, registry
 from .config import Settings
@@ -234,6 +234,12 @@ def _unreadable_statement() -> Any:
     )
 
 
+# Driver messages that blame a value, not the connection (SQLite's decoder; SQL Server's
+# truncation 8152/2628, conversion 241/245, overflow 8115).
+_DATA_ERROR_HINTS = ("could not decode", "utf-8", "utf-16", "would be truncated",
+                     "conversion failed", "arithmetic overflow")
+
+
 def is_data_error(exc: BaseException) -> bool:
     """True when a statement failed on a row's content (text that is not valid UTF-8/UTF-16,
     a date that is not a date) rather than on the database being unreachable."""
@@ -241,12 +247,12 @@ def is_data_error(exc: BaseException) -> bool:
     cause: BaseException | None = exc
     while cause is not None and cause not in seen:
         seen.append(cause)
-        if isinstance(cause, UnicodeError | ValueError | TypeError):
+        if isinstance(cause, UnicodeError | ValueError | TypeError | DataError):
             return True
         if isinstance(cause, DBAPIError) and getattr(cause, "connection_invalidated", False):
             return False
         text = str(getattr(cause, "orig", cause)).lower()
-        if "could not decode" in text or "utf-8" in text or "utf-16" in text:
+        if any(hint in text for hint in _DATA_ERROR_HINTS):
             return True
         cause = getattr(cause, "orig", None) or cause.__cause__
     return False
@@ -645,13 +651,13 @@ class Queue:
     def next_due_in(self) -> float | None:
         """Seconds until the earliest queued request may be claimed (0 if one is due now),
         or None when nothing is queued; by the database's clock."""
-        with self.engine.connect() as conn:
-            earliest, now = conn.execute(
-                select(func.min(outbox.c.available_at), utcnow())
-                .where(outbox.c.status == "queued")).one()
-        if earliest is None:
-            return None
         try:
+            with self.engine.connect() as conn:
+                earliest, now = conn.execute(
+                    select(func.min(outbox.c.available_at), utcnow())
+                    .where(outbox.c.status == "queued")).one()
+            if earliest is None:
+                return None
             return max(0.0, (_as_datetime(earliest) - _as_datetime(now)).total_seconds())
         except (ValueError, TypeError):
             # Not a date (a row INSERTed with garbage): fail those rows, then ask again.
