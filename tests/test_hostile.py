@@ -326,7 +326,7 @@ def test_sigterm_gives_calls_in_flight_the_grace_then_exits_leaving_them_to_reco
         sandbox: Sandbox, db_url: str, queue: Queue) -> None:
     sandbox.faults.timeout_seconds = 600  # the vendor holds every call
     sandbox.fail_next(2, "timeout")
-    for i in range(2):
+    for _ in range(2):
         queue.enqueue("chat.getchatchannels", {})
     proc = _worker(sandbox, db_url, "--grace", "0.5", "--lease", "60")
     _wait_for(lambda: _processing(queue) == 2)
