@@ -53,6 +53,8 @@ def run(claim: Claimed, *, settings: Settings, call: Caller, worker: str,
         inbox = fields.pop("inbox", None)
         if inbox is not None:  # records hold the remote's text: make it storable too
             inbox = tuple(textsafe.storable(list(inbox)))
+        if fields.get("error_code") is not None:  # a column of 100 characters
+            fields["error_code"] = textsafe.text(str(fields["error_code"]))[:100]
         if fields.get("followups"):
             fields["followups"] = textsafe.storable(fields["followups"])
         return Completion(

@@ -247,7 +247,7 @@ def is_data_error(exc: BaseException) -> bool:
     cause: BaseException | None = exc
     while cause is not None and cause not in seen:
         seen.append(cause)
-        if isinstance(cause, UnicodeError | ValueError | TypeError | DataError):
+        if isinstance(cause, UnicodeError | ValueError | TypeError | OverflowError | DataError):
             return True
         if isinstance(cause, DBAPIError) and getattr(cause, "connection_invalidated", False):
             return False

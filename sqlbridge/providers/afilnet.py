@@ -35,7 +35,10 @@ same answer, and repeating a wrong password only risks locking the account.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
+
+import requests
 
 from ..config import Account
 from ..errors import ConfigError, ProtocolError, ProviderError
@@ -61,6 +64,7 @@ ERRORS: dict[str, str] = {
     "INCORRECT_THUMBURL": "the thumbnail URL is not valid",
 }
 UNDOCUMENTED = "an error code the vendor does not document"
+_CODE = re.compile(r"[A-Z0-9_]{1,60}")
 # Natural-key fields each record must carry; an item without them cannot be stored.
 _KEYS = {"chat_channel": ("platform", "platformid"),
          "chat": ("platform", "platformid", "destination"),
@@ -163,9 +167,17 @@ class AfilnetClient:
             data={k: str(v).encode("utf-8") for k, v in form.items()}, auth=auth,
             max_bytes=s.max_response_bytes,
             deadline=s.total_timeout, **request_options(s))
-        refuse_client_error(resp, what, secrets)
-        return answered(resp.status_code, what, lambda: _read_answer(
-            op, params, json_object(resp, what, secrets), resp.status_code, secrets))
+        return read_response(op, params, resp, secrets)
+
+
+def read_response(op: Operation, params: dict[str, Any], resp: requests.Response,
+                  secrets: list[str]) -> CallResult:
+    """What an answer that arrived says: a CallResult, or ProviderError (the vendor's no, HTTP
+    4xx) / ProtocolError (anything unreadable, with the answer's HTTP status)."""
+    what = f"{op.name} (Afilnet)"
+    refuse_client_error(resp, what, secrets)
+    return answered(resp.status_code, what, lambda: _read_answer(
+        op, params, json_object(resp, what, secrets), resp.status_code, secrets))
 
 
 def _read_answer(op: Operation, params: dict[str, Any], body: dict[str, Any], status_code: int,
@@ -174,9 +186,13 @@ def _read_answer(op: Operation, params: dict[str, Any], body: dict[str, Any], st
     status = str(body.get("status") or "").strip().lower()
     clean = scrub(body, secrets)
     if status == "error":
-        code = str(body.get("error") or "UNKNOWN_ERROR").strip().upper()
-        raise ProviderError(scrub(describe(op.name, code), secrets), code=code,
-                            http_status=status_code, response=clean)
+        given = str(body.get("error") or "UNKNOWN_ERROR").strip().upper()
+        # The vendor's code becomes outbox.error_code: keep it only if it looks like one.
+        code = given if _CODE.fullmatch(given) else "UNKNOWN_ERROR"
+        text = describe(op.name, code) if code == given else \
+            f"{op.name}: an unreadable error code {given[:80]!r}"
+        raise ProviderError(scrub(text, secrets), code=code, http_status=status_code,
+                            response=clean)
     if status != "success":
         shown = scrub(str(body.get("status"))[:50], secrets)
         raise ProtocolError(f"{what}: 'status' is {shown!r}, neither success nor error",

@@ -34,6 +34,8 @@ import unicodedata
 from datetime import UTC, datetime
 from typing import Any
 
+import requests
+
 from .. import delivery
 from ..config import Account
 from ..errors import ConfigError, ProtocolError, ProviderError, TransientError
@@ -199,8 +201,10 @@ def records(op: Operation, params: dict[str, Any], body: dict[str, Any]) -> list
         count = field(body, "alertCounter")
         if isinstance(count, str) and count.strip().isdigit():
             count = int(count)
-        if not isinstance(count, int) or isinstance(count, bool):
-            raise ProtocolError(f"{what}: 'alertCounter' is not a whole number")
+        if not isinstance(count, int) or isinstance(count, bool) \
+                or not 0 <= count <= 2_147_483_647:  # the column is an INT
+            raise ProtocolError(f"{what}: 'alertCounter' is not a whole number from 0 to "
+                                "2147483647")
         return [{"user_key": user_key(params), "filters": filters_key(params),
                  "alert_counter": count}]
     return []
@@ -343,11 +347,19 @@ class AnnaClient:
             if resp.status_code != 401 or not first:
                 break
             token = self._token_before_sending(account, stale=token)
+        return self.read_response(op, params, resp, secrets)
+
+    @classmethod
+    def read_response(cls, op: Operation, params: dict[str, Any], resp: requests.Response,
+                      secrets: list[str]) -> CallResult:
+        """What an answer that arrived says: a CallResult, or ProviderError (the vendor's no,
+        HTTP 4xx) / ProtocolError (anything unreadable, with the answer's HTTP status)."""
+        what = f"{op.name} (AnnA)"
         if resp.status_code == 401:
             raise ProviderError(f"{what}: HTTP 401 even with a fresh token",
                                 code="ANNA_UNAUTHORIZED", http_status=401)
         refuse_client_error(resp, what, secrets)
-        return answered(resp.status_code, what, lambda: self._read_answer(
+        return answered(resp.status_code, what, lambda: cls._read_answer(
             op, params, json_object(resp, what, secrets), resp.status_code, secrets))
 
     @staticmethod
