@@ -348,3 +348,36 @@ def test_a_second_signal_exits_at_once(sandbox: Sandbox, db_url: str, queue: Que
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGINT
+
+
+# -- nets under the nets -----------------------------------------------------------------------
+
+
+def test_a_result_that_cannot_be_stored_fails_its_own_row_and_the_batch_is_written(
+        live: Settings, queue: Queue) -> None:
+    a = queue.enqueue("chat.getchatchannels", {}).id
+    b = queue.enqueue("chat.getchatchannels", {}).id
+    claims = {c.id: c for c in queue.claim("w", 2, 30)}
+    ok = attempt.run(claims[a], settings=live, worker="w",
+                     call=lambda *_: CallResult(200, {"fine": 1}, []))
+    bad = attempt.run(claims[b], settings=live, worker="w",
+                      call=lambda *_: CallResult(200, {"fine": 1}, []))
+    bad.response = "\ud800"  # what textsafe prevents; the worker must survive it anyway
+    w = Worker(live, queue.engine, schedules=False)
+    w._flush([ok, bad], w._inbox_writer())  # noqa: SLF001
+    assert queue.get(a)["status"] == "succeeded"
+    row = queue.get(b)
+    assert (row["status"], row["error_code"]) == ("failed", "UNSTORABLE_RESULT")
+
+
+def test_a_statement_failing_on_data_is_skipped_not_retried_forever(live: Settings,
+                                                                   queue: Queue) -> None:
+    w = Worker(live, queue.engine, schedules=False)
+    calls = []
+
+    def poisoned() -> None:
+        calls.append(1)
+        raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+
+    assert w._db("claim", poisoned) is None  # noqa: SLF001
+    assert calls == [1]
