@@ -296,3 +296,15 @@ def test_the_claim_checks_status_queued_again_in_the_update_itself() -> None:
         i += 1
     outer = head + rest[i:]
     assert "status = " in outer.split("WHERE", 1)[1], claim
+
+
+@pytest.mark.parametrize("kind", ["502", "drop"])
+def test_a_send_whose_token_request_failed_was_never_sent_and_is_retried(
+        live: Settings, sandbox: Sandbox, queue: Queue, kind: str) -> None:
+    sandbox.fail_next(1, kind, path_contains="GetToken")
+    rid = queue.enqueue("user.inactivate", {"userId": "1001"}).id
+    run_once(live, queue)
+    row = queue.get(rid, with_attempts=True)
+    assert row["status"] == "succeeded", row
+    assert [a["outcome"] for a in row["attempt_rows"]] == ["retry", "succeeded"]
+    assert sum(1 for op, _ in sandbox.processed if op == "User/Inactivate") == 1
