@@ -381,3 +381,18 @@ def test_a_statement_failing_on_data_is_skipped_not_retried_forever(live: Settin
 
     assert w._db("claim", poisoned) is None  # noqa: SLF001
     assert calls == [1]
+
+
+def test_streamed_reading_keeps_connections_alive(sandbox: Sandbox) -> None:
+    transport = Transport(2)
+    try:
+        for path in ("status/200", "status/503", "status/200", "status/404", "status/200"):
+            try:
+                transport.send("GET", sandbox.url + path, what="t", timeout=(5, 5), secrets=[])
+            except TransientError:
+                pass
+        pools = transport.session.adapters["http://"].poolmanager.pools
+        pool = pools._container[next(iter(pools.keys()))]  # noqa: SLF001
+        assert (pool.num_requests, pool.num_connections) == (5, 1)
+    finally:
+        transport.close()

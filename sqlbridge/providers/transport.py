@@ -147,13 +147,17 @@ def _read_body(resp: requests.Response, what: str, limit: int, ends: float, budg
         size += len(chunk)
         if size > limit:
             if truncate:
+                # The rest stays unread: resp.close() must close this connection, not hand
+                # it back to the pool (so _content_consumed stays False).
                 chunks.append(chunk[: limit - (size - len(chunk))])
-                break
+                resp._content = b"".join(chunks)  # noqa: SLF001
+                return
             raise ProtocolError(f"{what}: the answer is larger than the limit of {limit} "
                                 "bytes (max_response_bytes)", code="RESPONSE_TOO_LARGE",
                                 http_status=status)
         chunks.append(chunk)
     resp._content = b"".join(chunks)  # noqa: SLF001 - requests' own cache of the body
+    # Read to the end: resp.close() hands the connection back to the pool (keep-alive).
     resp._content_consumed = True  # noqa: SLF001
 
 
