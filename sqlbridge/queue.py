@@ -17,6 +17,7 @@ lease can never move the same row twice:
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -48,6 +49,7 @@ from .errors import ConfigError, InvalidState, RequestNotFound, ValidationError
 from .schema import FINISHED, outbox, outbox_attempt
 from .sqlfuncs import utcnow
 
+log = logging.getLogger("sqlbridge.queue")
 CLAIM_HINT = "WITH (ROWLOCK, READPAST, UPDLOCK)"
 PURGEABLE = ("succeeded", "failed", "cancelled")
 
@@ -449,7 +451,14 @@ class Queue:
                     lands_in, account, params, records = c.inbox
                     inbox_writer(conn, lands_in, account, params, records, c.id)
                 for child in c.followups:
-                    self.enqueue(conn=conn, parent_id=c.id, **child)
+                    try:
+                        self.enqueue(conn=conn, parent_id=c.id, **child)
+                    except ValidationError as exc:
+                        # Built from the vendor's data, which the registry refuses (a platform
+                        # it does not know): that child could never be sent. Skip it, never
+                        # the parent's result.
+                        log.warning("request %d: follow-up %s not queued: %s", c.id,
+                                    child.get("operation"), exc)
             conn.execute(_attempt_statement(), [
                 {
                     "request_id": c.id, "attempt": c.attempt, "started_at": c.started_at,

@@ -396,3 +396,19 @@ def test_streamed_reading_keeps_connections_alive(sandbox: Sandbox) -> None:
         assert (pool.num_requests, pool.num_connections) == (5, 1)
     finally:
         transport.close()
+
+
+def test_a_follow_up_built_from_bad_vendor_data_is_skipped_not_the_parent(
+        live: Settings, queue: Queue) -> None:
+    rid = queue.enqueue("chat.getchatchannels", {}).id
+    claim = queue.claim("w", 1, 30)[0]
+    done = attempt.run(claim, settings=live, worker="w",
+                       call=lambda *_: CallResult(200, {"ok": 1}, []))
+    done.followups = [
+        {"operation": "chat.getchats", "params": {"platform": "no-such", "platformid": "1"}},
+        {"operation": "chat.getchats", "params": {"platform": "whatsapp", "platformid": "1"}}]
+    assert queue.finish([done]) == []
+    assert queue.get(rid)["status"] == "succeeded"
+    with queue.engine.connect() as c:
+        children = c.execute(select(outbox.c.params).where(outbox.c.parent_id == rid)).all()
+    assert len(children) == 1
