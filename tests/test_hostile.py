@@ -3,6 +3,7 @@ kills, stalls or loops a worker. Answers come from a real server on 127.0.0.1.""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import json
@@ -387,10 +388,8 @@ def test_streamed_reading_keeps_connections_alive(sandbox: Sandbox) -> None:
     transport = Transport(2)
     try:
         for path in ("status/200", "status/503", "status/200", "status/404", "status/200"):
-            try:
+            with contextlib.suppress(TransientError):
                 transport.send("GET", sandbox.url + path, what="t", timeout=(5, 5), secrets=[])
-            except TransientError:
-                pass
         pools = transport.session.adapters["http://"].poolmanager.pools
         pool = pools._container[next(iter(pools.keys()))]  # noqa: SLF001
         assert (pool.num_requests, pool.num_connections) == (5, 1)
