@@ -189,7 +189,8 @@ class _Handler(BaseHTTPRequestHandler):
         kind = sb.plan.choose(path)
         if kind and not kind.startswith("after_") and self._fault(kind):
             return
-        self._after = kind  # an after_* fault replaces the answer in _send
+        # An after_* fault replaces the answer in _send, once the work is done.
+        self._after = kind if kind and kind.startswith("after_") else None
         sb.record_processed(_operation(path, form), form.get("message") if form else
                             raw.decode("utf-8", "replace"))
         try:
