@@ -215,10 +215,12 @@ def test_a_row_whose_available_at_is_not_a_date_does_not_crash_worker_once(
     ("chat.getchatchannels", {}, "failed"),
     ("chat.sendmessage", {**CHAT, "destination": "34600000001", "message": "m"}, "uncertain"),
 ])
+@pytest.mark.parametrize("depth", [900, 5000])
 def test_json_nested_thousands_deep_is_a_protocol_error_under_the_delivery_rules(
         live: Settings, hostile: Hostile, queue: Queue, operation: str,
-        params: dict[str, str], status: str) -> None:
-    hostile.behaviour = lambda h: answer(h, 200, b'{"a":' * 5000 + b"1" + b"}" * 5000)
+        params: dict[str, str], status: str, depth: int) -> None:
+    # 900 levels parse (and then broke recursive code); 5000 break the parser itself.
+    hostile.behaviour = lambda h: answer(h, 200, b'{"a":' * depth + b"1" + b"}" * depth)
     rid = queue.enqueue(operation, params, max_attempts=2).id
     run(pointed_at(live, hostile.url), queue)
     row = queue.get(rid)
@@ -247,9 +249,10 @@ def test_a_huge_or_endless_answer_is_cut_at_the_cap_with_bounded_memory(
     assert peak < 16 * 1024 * 1024
 
 
-def test_a_worker_stays_small_against_an_endless_answer(live: Settings, hostile: Hostile,
-                                                        queue: Queue) -> None:
-    hostile.behaviour = endless
+@pytest.mark.parametrize("behaviour", [huge, endless], ids=["huge", "endless"])
+def test_a_worker_stays_small_against_a_huge_or_endless_answer(
+        live: Settings, hostile: Hostile, queue: Queue, behaviour: Behaviour) -> None:
+    hostile.behaviour = behaviour
     settings = pointed_at(live, hostile.url, max_response_bytes=2 * 1024 * 1024)
     for _ in range(4):
         queue.enqueue("chat.getchatchannels", {}, max_attempts=1)
@@ -258,7 +261,7 @@ def test_a_worker_stays_small_against_an_endless_answer(live: Settings, hostile:
     run(settings, queue)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    print(f"peak traced memory of a worker over 4 endless answers, cap 2 MiB: "
+    print(f"peak traced memory of a worker over 4 {behaviour.__name__} answers, cap 2 MiB: "
           f"{peak / 1e6:.1f} MB")
     with queue.engine.connect() as c:
         codes = c.execute(select(outbox.c.error_code)).scalars().all()
@@ -411,3 +414,23 @@ def test_a_follow_up_built_from_bad_vendor_data_is_skipped_not_the_parent(
     with queue.engine.connect() as c:
         children = c.execute(select(outbox.c.params).where(outbox.c.parent_id == rid)).all()
     assert len(children) == 1
+
+
+def _json_response(body: bytes) -> Any:
+    import requests
+
+    resp = requests.Response()
+    resp.status_code, resp._content = 200, body  # noqa: SLF001
+    return resp
+
+
+def test_the_depth_limit_refuses_json_deeper_than_it() -> None:
+    from sqlbridge.providers.transport import json_object, parse_json
+
+    n = textsafe.MAX_JSON_DEPTH + 1
+    with pytest.raises(ProtocolError, match="nested more than"):
+        json_object(_json_response(b'{"a":' * n + b"1" + b"}" * n), "t", [])
+    n = textsafe.MAX_JSON_DEPTH
+    assert parse_json(_json_response(b'{"a":' * n + b"1" + b"}" * n))
+    with pytest.raises(ValueError, match="nested too deeply"):  # the parser's own limit
+        parse_json(_json_response(b"[" * 100_000 + b"]" * 100_000))
