@@ -61,7 +61,7 @@ def run(claim: Claimed, *, settings: Settings, call: Caller, worker: str,
             id=claim.id, lease_token=claim.lease_token, attempt=claim.attempts, status=status,
             started_at=started, duration_ms=int((time.monotonic() - t0) * 1000), worker=worker,
             error_message=message, response=textsafe.dump(scrub(response, secrets)),
-            inbox=inbox, **fields)
+            inbox=inbox, claim=claim, **fields)
 
     try:
         return _run(claim, settings, call, followups, done)

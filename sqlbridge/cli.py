@@ -14,27 +14,35 @@ from typing import Any
 
 import click
 
+from . import durations
 from .cli_support import (  # noqa: F401 - EXIT_* and parse helpers are part of the CLI's API
     EXIT_CODES,
     EXIT_CONFIG,
     EXIT_DATABASE,
+    EXIT_INTERRUPTED,
     EXIT_INVALID,
     EXIT_NOT_FOUND,
     EXIT_NOT_SUCCEEDED,
     EXIT_OK,
     EXIT_TIMEOUT,
     EXIT_USAGE,
+    PRIORITY,
+    REQUEST_ID,
     Context,
+    FiniteFloat,
+    OneLineErrors,
+    UsageError,
     _parse_param,
     _print_json,
     _table,
+    check_account,
     common,
 )
 from .commands import demo, doctor, sandbox
 from .schedule_cli import schedule, sync, take
 
 
-@click.group()
+@click.group(cls=OneLineErrors)
 @click.version_option(package_name="sqlbridge")
 def main() -> None:
     """sqlbridge: SQL Server calls HTTP APIs through an outbox table and a worker."""
@@ -44,7 +52,7 @@ def main() -> None:
 @click.option("--print", "print_only", is_flag=True,
               help="Print the SQL Server script for a DBA instead of running anything.")
 @click.option("--babelfish", is_flag=True, help="With --print: the Babelfish variant.")
-@common
+@common(need_schema=False)
 def install(ctx: Context, print_only: bool, babelfish: bool) -> None:
     """Create or upgrade the schema; safe to run again."""
     from . import install as installer
@@ -60,15 +68,17 @@ def install(ctx: Context, print_only: bool, babelfish: bool) -> None:
 @click.argument("operation")
 @click.option("--param", "-p", "param", multiple=True, metavar="NAME=VALUE",
               help="A parameter, vendor name (repeat).")
-@click.option("--json", "json_text", help="All parameters as one JSON object.")
+@click.option("--json", "json_text", metavar="JSON|@FILE|-",
+              help="All parameters as one JSON object; @FILE reads it from a file, - from "
+                   "standard input (for long messages: argv holds at most 128 KiB).")
 @click.option("--account", default="default", show_default=True)
-@click.option("--priority", type=int, default=0, show_default=True,
+@click.option("--priority", type=PRIORITY, default=0, show_default=True,
               help="Higher runs first.")
 @click.option("--request-key", help="Idempotency key: the same key returns the same request.")
 @click.option("--correlation", help="Free text stored with the request.")
 @click.option("--max-attempts", type=click.IntRange(1, 100))
 @click.option("--wait", is_flag=True, help="Wait for the request to finish; print it.")
-@click.option("--timeout", type=float, default=60.0, show_default=True,
+@click.option("--timeout", type=FiniteFloat(0, 86400), default=60.0, show_default=True,
               help="Seconds --wait waits.")
 @click.option("--as-json", "as_json", is_flag=True, help="With --wait: print JSON.")
 @common
@@ -79,17 +89,50 @@ def enqueue(ctx: Context, operation: str, param: tuple[str, ...], json_text: str
 
     Exit 0 when queued (or, with --wait, when it succeeded); see README for other codes.
     """
-    result = ctx.queue.enqueue(operation, _parse_param(param, json_text), account=account,
+    for name, value in (("OPERATION", operation), ("--account", account),
+                        ("--request-key", request_key), ("--correlation", correlation)):
+        if value is not None and not _is_text(value):
+            raise UsageError(f"{name} is not valid UTF-8 text")
+    params = _parse_param(param, json_text)
+    check_account(ctx, account)
+    result = ctx.queue.enqueue(operation, params, account=account,
                                priority=priority, request_key=request_key,
                                correlation=correlation, max_attempts=max_attempts)
     if not wait:
         click.echo(result.id)
         return
-    row = ctx.queue.wait(result.id, timeout)
+    # The id first, so an interrupted or timed-out wait still says what was queued.
+    click.echo(f"request {result.id} queued; waiting up to {timeout:g}s", err=True)
+    try:
+        row = ctx.queue.wait(result.id, timeout)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: request {result.id} stays {_status(ctx, result.id)} "
+                   f"(sqlbridge show {result.id})", err=True)
+        sys.exit(EXIT_INTERRUPTED)
     _show_row(row, as_json)
     if row["status"] == "succeeded":
         return
-    sys.exit(EXIT_TIMEOUT if row["status"] in ("queued", "processing") else EXIT_NOT_SUCCEEDED)
+    if row["status"] in ("queued", "processing"):
+        hint = ": is a worker running?" if row["status"] == "queued" else ""
+        click.echo(f"request {result.id} still {row['status']} after {timeout:g}s{hint}",
+                   err=True)
+        sys.exit(EXIT_TIMEOUT)
+    sys.exit(EXIT_NOT_SUCCEEDED)
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _status(ctx: Context, request_id: int) -> str:
+    try:
+        return str(ctx.queue.get(request_id)["status"])
+    except Exception:  # noqa: BLE001 - only a courtesy on the way out
+        return "queued"
 
 
 def _show_row(row: dict[str, Any], as_json: bool) -> None:
@@ -108,7 +151,7 @@ def _show_row(row: dict[str, Any], as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("request_id", type=int)
+@click.argument("request_id", type=REQUEST_ID)
 @click.option("--json", "as_json", is_flag=True)
 @common
 def show(ctx: Context, request_id: int, as_json: bool) -> None:
@@ -140,7 +183,7 @@ def status(ctx: Context, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("request_id", type=int)
+@click.argument("request_id", type=REQUEST_ID)
 @common
 def retry(ctx: Context, request_id: int) -> None:
     """Queue a failed, uncertain or cancelled request again."""
@@ -149,7 +192,7 @@ def retry(ctx: Context, request_id: int) -> None:
 
 
 @main.command()
-@click.argument("request_id", type=int)
+@click.argument("request_id", type=REQUEST_ID)
 @common
 def cancel(ctx: Context, request_id: int) -> None:
     """Cancel a queued request."""
@@ -157,31 +200,45 @@ def cancel(ctx: Context, request_id: int) -> None:
     click.echo(f"request {request_id} cancelled")
 
 
-_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
 def parse_age(text: str) -> float:
-    """'30d', '12h', '90m', '45s' or plain seconds."""
-    text = text.strip().lower()
+    """'30d', '12h', '90m' or '45s' (a unit is required; see sqlbridge.durations)."""
     try:
-        if text and text[-1] in _AGE_UNITS:
-            return float(text[:-1]) * _AGE_UNITS[text[-1]]
-        return float(text)
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not an age such as 30d, 12h, 90m or 45s") from None
+        return durations.parse_age(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @main.command()
-@click.option("--older-than", required=True, help="Age such as 30d, 12h, 90m.")
+@click.option("--older-than", required=True, help="Age with a unit: 30d, 12h, 90m, 45s.")
 @click.option("--status", "statuses", multiple=True,
               type=click.Choice(["succeeded", "failed", "cancelled", "uncertain"]),
               help="Statuses to purge (default: succeeded, failed, cancelled).")
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted, by status.")
+@click.option("--yes", "-y", "yes", is_flag=True,
+              help="Do not ask (needed when not on a terminal).")
+@click.option("--batch", type=click.IntRange(1, 100_000), default=500, show_default=True,
+              help="Requests deleted per transaction.")
 @common
-def purge(ctx: Context, older_than: str, statuses: tuple[str, ...]) -> None:
+def purge(ctx: Context, older_than: str, statuses: tuple[str, ...], dry_run: bool, yes: bool,
+          batch: int) -> None:
     """Delete finished requests older than an age, with their attempt rows."""
     from .queue import PURGEABLE
 
-    n = ctx.queue.purge(parse_age(older_than), statuses or PURGEABLE)
+    age = parse_age(older_than)
+    wanted = statuses or PURGEABLE
+    counts = ctx.queue.purge_counts(age, wanted)
+    total = sum(counts.values())
+    detail = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "nothing"
+    if dry_run:
+        click.echo(f"would purge {total} requests older than {older_than}: {detail}")
+        return
+    if total and not yes:
+        if not sys.stdin.isatty():
+            raise UsageError(f"purge would delete {total} requests ({detail}); not on a "
+                             "terminal, so add --yes to confirm (or --dry-run to count)")
+        click.confirm(f"delete {total} requests older than {older_than} ({detail})?",
+                      abort=True, err=True)
+    n = ctx.queue.purge(age, wanted, batch=batch)
     click.echo(f"purged {n} requests")
 
 
@@ -189,28 +246,41 @@ def purge(ctx: Context, older_than: str, statuses: tuple[str, ...]) -> None:
 @click.option("--once", is_flag=True, help="Exit when the queue is empty.")
 @click.option("--concurrency", type=click.IntRange(1, 256))
 @click.option("--batch", type=click.IntRange(1, 1000))
-@click.option("--poll-interval", type=float, help="Longest sleep when idle, seconds.")
-@click.option("--lease", type=float, help="Lease length, seconds.")
+@click.option("--poll-interval", type=FiniteFloat(0, 3600, low_open=True),
+              help="Longest sleep when idle, seconds.")
+@click.option("--lease", type=FiniteFloat(0, 86400, low_open=True),
+              help="Lease length, seconds.")
 @click.option("--no-schedules", is_flag=True, help="Do not run due schedules.")
 @click.option("--grace", type=click.FloatRange(0, 86400), default=30.0, show_default=True,
               help="Seconds calls in flight get to finish after SIGTERM/SIGINT; then the "
                    "worker exits and leaves their rows to lease recovery.")
 @click.option("--log-level", default="INFO", show_default=True,
-              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option("--log-format", default="text", show_default=True,
+              type=click.Choice(["text", "json"], case_sensitive=False),
+              help="json: one JSON object per line, same fields.")
 @common
 def worker(ctx: Context, once: bool, concurrency: int | None, batch: int | None,
            poll_interval: float | None, lease: float | None, no_schedules: bool,
-           grace: float, log_level: str) -> None:
+           grace: float, log_level: str, log_format: str) -> None:
     """Send queued requests until stopped (SIGTERM/SIGINT stop it cleanly; a second one
     exits at once)."""
+    from . import logs
+    from .db import make_engine
+    from .dbcheck import DatabaseUnavailable
     from .worker import Worker
 
-    logging.basicConfig(level=log_level,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    w = Worker(ctx.settings, ctx.engine, concurrency=concurrency, batch=batch,
+    logs.configure(log_level.upper(), log_format.lower(), secrets=ctx.settings.secrets())
+    log = logging.getLogger("sqlbridge.worker")
+    try:
+        engine = ctx.engine  # the first contact: a configuration mistake stops here, exit 3
+    except DatabaseUnavailable as exc:
+        # An outage is not a mistake: the worker rides it out, as it does mid-run.
+        log.warning("%s; retrying until it answers", exc)
+        engine = make_engine(ctx.settings.database_url)
+    w = Worker(ctx.settings, engine, concurrency=concurrency, batch=batch,
                poll_interval=poll_interval, lease_seconds=lease, schedules=not no_schedules,
                grace=grace)
-    log = logging.getLogger("sqlbridge.worker")
 
     def _stop(signum: int, _frame: Any) -> None:
         if w.stopping:

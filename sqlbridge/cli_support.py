@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import click
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError
 
 from . import config as config_mod
 from .db import make_engine
@@ -41,17 +42,31 @@ EXIT_CODES = {
 }
 
 
-class Context:
-    """Settings, engine and queue, built on first use so ``--help`` needs no database."""
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), after saying what was already done
+EXIT_CODES["interrupted"] = EXIT_INTERRUPTED
 
-    def __init__(self, database_url: str | None, config_path: str | None) -> None:
+
+class Context:
+    """Settings, engine and queue, built on first use so ``--help`` needs no database.
+
+    The first use of the database goes through ``dbcheck.first_contact``: a missing driver, a
+    refused login or a schema never installed is one sentence, and no SQLite file is created
+    by a command that only reads or queues."""
+
+    def __init__(self, database_url: str | None, config_path: str | None, *,
+                 need_schema: bool = True) -> None:
         self.settings = config_mod.load(config_path).with_database_url(database_url)
+        self.need_schema = need_schema
         self._queue: Queue | None = None
 
     @property
     def queue(self) -> Queue:
         if self._queue is None:
-            self._queue = Queue(make_engine(self.settings.database_url), self.settings)
+            from .dbcheck import first_contact
+
+            engine = make_engine(self.settings.database_url)
+            first_contact(engine, need_schema=self.need_schema)
+            self._queue = Queue(engine, self.settings)
         return self._queue
 
     @property
@@ -59,8 +74,13 @@ class Context:
         return self.queue.engine
 
 
-def common(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Add --database-url/--config and turn sqlbridge errors into one line + exit code."""
+def common(fn: Callable[..., Any] | None = None, *,
+           need_schema: bool = True) -> Callable[..., Any]:
+    """Add --database-url/--config and turn sqlbridge errors into one line + exit code.
+
+    ``need_schema=False`` for the commands that run before ``install`` (install, doctor)."""
+    if fn is None:
+        return functools.partial(common, need_schema=need_schema)
 
     @click.option("--config", "config_path", type=click.Path(dir_okay=False),
                   help="TOML settings file (default: ./sqlbridge.toml when present).")
@@ -69,8 +89,11 @@ def common(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, database_url: str | None, config_path: str | None,
                 **kwargs: Any) -> Any:
+        from .dbcheck import DatabaseUnavailable, classify
+
+        ctx: Context | None = None
         try:
-            ctx = Context(database_url, config_path)
+            ctx = Context(database_url, config_path, need_schema=need_schema)
             return fn(ctx, *args, **kwargs)
         except ConfigError as exc:
             _fail(exc, EXIT_CONFIG)
@@ -78,14 +101,37 @@ def common(fn: Callable[..., Any]) -> Callable[..., Any]:
             _fail(exc, EXIT_INVALID)
         except (RequestNotFound, InvalidState) as exc:
             _fail(exc, EXIT_NOT_FOUND)
+        except DatabaseUnavailable as exc:
+            _fail(exc, EXIT_DATABASE)
         except SqlbridgeError as exc:
             _fail(exc, EXIT_NOT_SUCCEEDED)
-        except OperationalError as exc:
-            click.echo(f"error: cannot use the database: {str(exc.orig).splitlines()[0]}",
-                       err=True)
+        except DBAPIError as exc:
+            url = ctx.settings.database_url if ctx else database_url
+            found = classify(exc, url)
+            if isinstance(found, ConfigError):
+                _fail(found, EXIT_CONFIG)
+            click.echo(f"error: cannot use the database: {_one_line(exc)}", err=True)
             sys.exit(EXIT_DATABASE)
 
     return wrapper
+
+
+def _one_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    return " ".join(str(orig).split())[:300]
+
+
+def check_account(ctx: Context, account: str) -> None:
+    """With a configuration file, an account it does not define is refused at enqueue (the
+    worker would fail the request later with UNKNOWN_ACCOUNT). Without one, the CLI cannot
+    know the worker's accounts, so it does not judge."""
+    if ctx.settings.config_path is None:
+        return
+    if account not in ctx.settings.accounts:
+        known = ", ".join(sorted(ctx.settings.accounts))
+        raise ValidationError(f"account '{account[:100]}' is not configured in "
+                              f"{ctx.settings.config_path}; configured accounts: {known}",
+                              code="UNKNOWN_ACCOUNT", param="account")
 
 
 def _fail(exc: SqlbridgeError, code: int) -> None:
@@ -93,11 +139,27 @@ def _fail(exc: SqlbridgeError, code: int) -> None:
     sys.exit(code)
 
 
-def _jsonable(value: Any) -> Any:
+def iso_utc(value: datetime) -> str:
+    """A stored time (naive UTC) as ISO 8601 with ``Z``, always to the millisecond."""
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+# Columns that hold JSON text; printed as JSON values, not as strings holding JSON.
+JSON_COLUMNS = ("params", "response")
+
+
+def _jsonable(value: Any, key: str | None = None) -> Any:
     if isinstance(value, datetime):
-        return value.isoformat(sep=" ")
+        return iso_utc(value)
+    if key in JSON_COLUMNS and isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value  # a non-JSON answer (HTML, plain text) stays text
     if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
+        return {k: _jsonable(v, k) for k, v in value.items()}
     if isinstance(value, list):
         return [_jsonable(v) for v in value]
     return value
@@ -107,8 +169,9 @@ def _print_json(value: Any) -> None:
     click.echo(json.dumps(_jsonable(value), ensure_ascii=False, indent=2))
 
 
-def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    cells = [[("" if r.get(c) is None else str(r.get(c)))[:60] for c in columns] for r in rows]
+def _table(rows: list[dict[str, Any]], columns: list[str], width: int = 60) -> str:
+    cells = [[("" if r.get(c) is None else str(r.get(c)))[:width] for c in columns]
+             for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
@@ -116,21 +179,126 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
+class UsageError(click.UsageError):
+    """Bad command-line input: one line, exit 2 (see ``OneLineErrors``)."""
+
+
+def _undecodable(text: str) -> bool:
+    # Lone surrogates: argv bytes that were not UTF-8 (Python maps them to U+DC80..U+DCFF) or a
+    # JSON escape such as "\ud800". No database column can store them.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _check_text(value: Any, where: str) -> None:
+    if isinstance(value, str) and _undecodable(value):
+        raise UsageError(f"{where} is not valid Unicode text (invalid UTF-8 or a lone "
+                         "surrogate such as \\ud800); only valid UTF-8 text can be queued")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_text(k, where)
+            _check_text(v, where)
+    elif isinstance(value, list):
+        for v in value:
+            _check_text(v, where)
+
+
+def _read_json_source(json_text: str) -> str:
+    """``--json TEXT``, ``--json @FILE`` or ``--json -`` (stdin): argv holds at most 128 KiB
+    per argument, so long messages come from a file or a pipe."""
+    if json_text == "-":
+        data = click.get_binary_stream("stdin").read()
+        where = "--json - (standard input)"
+    elif json_text.startswith("@"):
+        path = json_text[1:]
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            raise UsageError(f"--json {json_text}: cannot read the file ({exc.strerror})") \
+                from None
+        where = f"--json {json_text}"
+    else:
+        return json_text
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise UsageError(f"{where} is not UTF-8 text") from None
+
+
 def _parse_param(values: tuple[str, ...], json_text: str | None) -> dict[str, Any]:
     params: dict[str, Any] = {}
     if json_text:
+        _check_text(json_text, "--json")
+        source = _read_json_source(json_text)
         try:
-            loaded = json.loads(json_text)
+            loaded = json.loads(source)
+        except RecursionError:
+            raise UsageError("--json is nested too deeply") from None
         except ValueError as exc:
-            raise ValidationError(f"--json is not valid JSON: {exc}",
-                                  code="INVALID_PARAMS_JSON") from None
+            raise UsageError(f"--json is not valid JSON: {exc}") from None
         if not isinstance(loaded, dict):
-            raise ValidationError("--json must be a JSON object", code="INVALID_PARAMS_JSON")
+            raise UsageError("--json must be a JSON object, e.g. '{\"userId\": \"1001\"}'")
+        _check_text(loaded, "--json")
         params.update(loaded)
     for item in values:
+        _check_text(item, "--param")
         name, sep, value = item.partition("=")
         if not sep or not name:
-            raise ValidationError(f"--param {item!r} must look like name=value",
-                                  code="INVALID_ARGUMENT")
+            raise UsageError(f"--param {item[:60]!r} must look like name=value")
         params[name] = value
     return params
+
+
+class FiniteFloat(click.ParamType):
+    """A float within [low, high] (``low_open``: strictly above low), never nan or inf."""
+
+    name = "seconds"
+
+    def __init__(self, low: float, high: float, *, low_open: bool = False) -> None:
+        self.low, self.high, self.low_open = low, high, low_open
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        above = number > self.low if self.low_open else number >= self.low
+        if not math.isfinite(number) or not above or number > self.high:
+            sign = ">" if self.low_open else ">="
+            self.fail(f"{value!r} must be a number {sign} {self.low:g} and <= {self.high:g}",
+                      param, ctx)
+        return number
+
+
+# An id is a BIGINT; a priority an INT: larger numbers are usage errors, not driver tracebacks.
+REQUEST_ID = click.IntRange(1, 2**63 - 1)
+PRIORITY = click.IntRange(-(2**31), 2**31 - 1)
+
+
+class OneLineErrors(click.Group):
+    """A group whose usage errors are one line (``error: …``) with exit 2, and whose Ctrl-C
+    is a line, not ``Aborted!``. click's own output is three lines and a blank."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        standalone = kwargs.pop("standalone_mode", True)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+            # Without standalone mode click returns the exit code of --help/--version (Exit).
+            code = rv if isinstance(rv, int) else EXIT_OK
+        except click.UsageError as exc:
+            where = f" (see: {exc.ctx.command_path} --help)" if exc.ctx else ""
+            click.echo(f"error: {exc.format_message()}{where}", err=True)
+            code = EXIT_USAGE
+        except click.ClickException as exc:
+            click.echo(f"error: {exc.format_message()}", err=True)
+            code = exc.exit_code
+        except (click.Abort, KeyboardInterrupt):
+            click.echo("interrupted", err=True)
+            code = EXIT_INTERRUPTED
+        if not standalone:
+            return code
+        sys.exit(code)

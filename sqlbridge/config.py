@@ -155,6 +155,8 @@ class WorkerSettings:
     max_attempts: int = 5
     backoff_base: float = 2.0
     backoff_max: float = 600.0
+    # Finished requests older than this many seconds are purged by the workers; None: never.
+    retention: float | None = None
 
 
 @dataclass(frozen=True)
@@ -389,10 +391,25 @@ def _account(name: str, raw: Mapping[str, Any],
     )
 
 
+def _retention(value: Any) -> float | None:
+    from .durations import ALLOWED, parse_age
+
+    if value in (None, "", "off", False):
+        return None
+    try:
+        return parse_age(value)
+    except ValueError:
+        raise ConfigError(f"setting worker.retention must be {ALLOWED} (or \"off\"); "
+                          f"got {value!r}") from None
+
+
 def _worker(raw: Mapping[str, Any]) -> WorkerSettings:
     _check_keys("worker", raw, set(WorkerSettings.__dataclass_fields__))
     values: dict[str, Any] = {}
     for key, value in raw.items():
+        if key == "retention":
+            values[key] = _retention(value)
+            continue
         integer = key in ("concurrency", "batch", "max_attempts")
         values[key] = _positive(f"worker.{key}", value, integer=integer)
     return WorkerSettings(**values)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -45,6 +46,7 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
 from . import delivery, registry
 from .config import Settings
+from .durations import MAX_AGE_SECONDS
 from .errors import ConfigError, InvalidState, RequestNotFound, ValidationError
 from .schema import FINISHED, outbox, outbox_attempt
 from .sqlfuncs import utcnow
@@ -52,6 +54,10 @@ from .sqlfuncs import utcnow
 log = logging.getLogger("sqlbridge.queue")
 CLAIM_HINT = "WITH (ROWLOCK, READPAST, UPDLOCK)"
 PURGEABLE = ("succeeded", "failed", "cancelled")
+# Requests deleted per purge transaction: small enough that claims never wait long behind it.
+PURGE_BATCH = 500
+# outbox.priority is an INT on SQL Server.
+PRIORITY_MIN, PRIORITY_MAX = -(2**31), 2**31 - 1
 
 _CLAIM_COLUMNS = (
     outbox.c.id, outbox.c.request_key, outbox.c.account, outbox.c.provider, outbox.c.operation,
@@ -101,6 +107,8 @@ class Completion:
     inbox: tuple[str, str, dict[str, Any], list[dict[str, Any]]] | None = None
     # Child requests to enqueue in the same transaction (sync fan-out): enqueue() kwargs.
     followups: list[dict[str, Any]] = field(default_factory=list)
+    # The claim this attempt ran for: operation/account/max_attempts for the log line.
+    claim: Claimed | None = None
 
 
 @dataclass(frozen=True)
@@ -118,14 +126,30 @@ def _as_datetime(value: Any) -> datetime:
     return datetime.fromisoformat(value) if isinstance(value, str) else value
 
 
+def _check_unicode(params: Any, **texts: str | None) -> None:
+    """Refuse text no database can store (lone surrogates, e.g. from a JSON ``"\\ud800"``) at
+    enqueue, naming the field, instead of failing inside the INSERT."""
+    for name, value in {**texts, "params": _json(params)}.items():
+        if value is None:
+            continue
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValidationError(f"{name} holds a lone surrogate (not valid Unicode text); "
+                                  "only valid UTF-8 text can be queued",
+                                  code="INVALID_PARAM_TYPE", param=name) from None
+
+
 def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def _claim_statement(limit: int) -> Any:
+def _claim_statement(limit: int, scope: Any = None) -> Any:
+    # ``scope``: an extra condition (``sqlbridge sync`` claims only its own run's rows).
     pick = (
         select(outbox.c.id)
-        .where(outbox.c.status == "queued", outbox.c.available_at <= utcnow())
+        .where(outbox.c.status == "queued", outbox.c.available_at <= utcnow(),
+               *([] if scope is None else [scope]))
         .order_by(outbox.c.priority.desc(), outbox.c.id)
         .limit(limit)
         .with_hint(outbox, CLAIM_HINT, "mssql")
@@ -341,7 +365,7 @@ class Queue:
             if request_key is None:
                 raise
             with self.engine.begin() as c:
-                found = self._by_key(c, request_key)
+                found = self._same_request(c, row)
             if found is None:
                 raise
             return EnqueueResult(found, False)
@@ -360,6 +384,12 @@ class Queue:
         if request_key is not None and not 1 <= len(request_key) <= 200:
             raise ValidationError("request_key must be 1 to 200 characters",
                                   code="INVALID_ARGUMENT", param="request_key")
+        if isinstance(priority, bool) or not isinstance(priority, int) \
+                or not PRIORITY_MIN <= priority <= PRIORITY_MAX:
+            raise ValidationError(f"priority must be a whole number from {PRIORITY_MIN} to "
+                                  f"{PRIORITY_MAX}", code="INVALID_ARGUMENT", param="priority")
+        _check_unicode(clean, account=account, request_key=request_key,
+                       correlation=correlation)
         row: dict[str, Any] = {
             "request_key": request_key,
             "account": account,
@@ -378,7 +408,7 @@ class Queue:
 
     def _insert(self, conn: Connection, row: dict[str, Any]) -> EnqueueResult:
         if row["request_key"] is not None:
-            found = self._by_key(conn, row["request_key"])
+            found = self._same_request(conn, row)
             if found is not None:
                 return EnqueueResult(found, False)
         new_id = conn.execute(insert(outbox).values(**row).returning(outbox.c.id)).scalar_one()
@@ -388,25 +418,51 @@ class Queue:
     def _by_key(conn: Connection, key: str) -> int | None:
         return conn.execute(select(outbox.c.id).where(outbox.c.request_key == key)).scalar()
 
+    @staticmethod
+    def _same_request(conn: Connection, row: dict[str, Any]) -> int | None:
+        """The id already stored under ``row``'s request_key, if it is the same request
+        (operation, account, parameters); a different request under a used key is refused,
+        never silently dropped."""
+        found = conn.execute(select(outbox.c.id, outbox.c.operation, outbox.c.account,
+                                    outbox.c.params)
+                             .where(outbox.c.request_key == row["request_key"])).first()
+        if found is None:
+            return None
+        try:
+            stored = json.loads(found.params or "{}")
+        except ValueError:
+            stored = found.params
+        if (found.operation, found.account, stored) != (row["operation"], row["account"],
+                                                         json.loads(row["params"])):
+            raise ValidationError(
+                f"request_key {row['request_key'][:100]!r} is already used by request "
+                f"{found.id} ({found.operation}, account {found.account}) with other "
+                "parameters; use a new key, or the same request to get that id back",
+                code="IDEMPOTENCY_CONFLICT", param="request_key")
+        return int(found.id)
+
     # -- the worker's statements ---------------------------------------------------------------
 
-    def claim(self, worker: str, limit: int, lease_seconds: float) -> list[Claimed]:
-        """Claim up to ``limit`` due rows. A claim that fails on a row's content (a poison
-        row) isolates that row (``isolate_unreadable``) and claims again, so one unreadable row
-        never stops the queue."""
+    def claim(self, worker: str, limit: int, lease_seconds: float,
+              scope: Any = None) -> list[Claimed]:
+        """Claim up to ``limit`` due rows (``scope``: an extra condition, for ``sqlbridge
+        sync``). A claim that fails on a row's content (a poison row) isolates that row
+        (``isolate_unreadable``) and claims again, so one unreadable row never stops the
+        queue."""
         if limit <= 0:
             return []
         try:
-            return self._claim(worker, limit, lease_seconds)
+            return self._claim(worker, limit, lease_seconds, scope)
         except Exception as exc:
             if not is_data_error(exc) or not self.isolate_unreadable(limit):
                 raise
-        return self._claim(worker, limit, lease_seconds)
+        return self._claim(worker, limit, lease_seconds, scope)
 
-    def _claim(self, worker: str, limit: int, lease_seconds: float) -> list[Claimed]:
+    def _claim(self, worker: str, limit: int, lease_seconds: float,
+               scope: Any = None) -> list[Claimed]:
         token = uuid.uuid4().hex
         with self.engine.begin() as conn:
-            rows = conn.execute(_claim_statement(limit),
+            rows = conn.execute(_claim_statement(limit, scope),
                                 {"worker": worker, "lease": float(lease_seconds),
                                  "token": token}).all()
         claimed = [Claimed(**row._mapping) for row in rows]
@@ -617,18 +673,47 @@ class Queue:
             raise RequestNotFound(f"request {params['b_id']} does not exist")
         raise InvalidState(f"request {params['b_id']} is {status}; {rule}")
 
-    def purge(self, older_than_seconds: float, statuses: Sequence[str] = PURGEABLE) -> int:
-        """Delete finished requests (and their attempt rows) older than the given age."""
+    def purge(self, older_than_seconds: float, statuses: Sequence[str] = PURGEABLE, *,
+              batch: int = PURGE_BATCH) -> int:
+        """Delete finished requests (and their attempt rows) older than the given age.
+
+        In batches of at most ``batch`` requests, each its own short transaction (attempt rows
+        first, then the requests by id), so a purge of millions never holds locks that stall
+        the workers' claims, and an interrupted purge leaves no orphaned attempts."""
+        old = self._purgeable(older_than_seconds, statuses)
+        total = 0
+        while True:
+            with self.engine.begin() as conn:
+                ids = conn.execute(select(outbox.c.id).where(old).order_by(outbox.c.id)
+                                   .limit(batch)).scalars().all()
+                if not ids:
+                    return total
+                conn.execute(delete(outbox_attempt)
+                             .where(outbox_attempt.c.request_id.in_(ids)))
+                total += conn.execute(delete(outbox).where(outbox.c.id.in_(ids), old)).rowcount
+            if len(ids) < batch:
+                return total
+
+    def purge_counts(self, older_than_seconds: float,
+                     statuses: Sequence[str] = PURGEABLE) -> dict[str, int]:
+        """What ``purge`` would delete, by status (``purge --dry-run``)."""
+        old = self._purgeable(older_than_seconds, statuses)
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(outbox.c.status, func.count()).where(old)
+                                .group_by(outbox.c.status)).all()
+        return {status: n for status, n in rows}
+
+    @staticmethod
+    def _purgeable(older_than_seconds: float, statuses: Sequence[str]) -> Any:
         bad = [s for s in statuses if s not in FINISHED]
         if bad:
             raise ValidationError(f"cannot purge status {bad[0]!r}; allowed: {', '.join(FINISHED)}",
                                   code="INVALID_ARGUMENT", param="status")
-        old = and_(outbox.c.status.in_(list(statuses)),
-                   outbox.c.finished_at < utcnow(-float(older_than_seconds)))
-        with self.engine.begin() as conn:
-            conn.execute(delete(outbox_attempt).where(
-                outbox_attempt.c.request_id.in_(select(outbox.c.id).where(old))))
-            return conn.execute(delete(outbox).where(old)).rowcount
+        age = float(older_than_seconds)
+        if not math.isfinite(age) or not 0 < age <= MAX_AGE_SECONDS:
+            raise ValidationError(f"the age must be more than 0 and at most {MAX_AGE_SECONDS} "
+                                  "seconds", code="INVALID_ARGUMENT", param="older_than")
+        return and_(outbox.c.status.in_(list(statuses)), outbox.c.finished_at < utcnow(-age))
 
     def summary(self, failures: int = 10) -> dict[str, Any]:
         """Counts by status and operation, the age of the oldest queued request, recent

@@ -13,6 +13,7 @@ either nested or flat, and are always stored nested, in the shape the vendor's b
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from collections.abc import Mapping
@@ -61,6 +62,7 @@ ERROR_NUMBERS: dict[str, int] = {
     "INVALID_PARAMS_JSON": 51011,
     "INVALID_ARGUMENT": 51012,
     "INCORRECT_URL": 51013,
+    "IDEMPOTENCY_CONFLICT": 51014,
     "REQUEST_NOT_FOUND": 51020,
     "INVALID_STATE": 51021,
     "WAIT_IN_TRANSACTION": 51022,
@@ -314,6 +316,26 @@ def passthrough(name: str) -> Operation:
                      description="Afilnet passthrough")
 
 
+# Classes declared here (for AnnA) that Afilnet also has, with methods this registry does not
+# declare (``user.getbalance``): their undeclared methods stay Afilnet passthrough.
+AFILNET_OPEN_CLASSES = ("user",)
+
+
+def _refuse_undeclared_method(name: str) -> None:
+    """A declared class's methods are all declared: ``chat.sendmesage`` is a typo, not a
+    passthrough (it would otherwise really be sent to the vendor). Classes the registry does
+    not declare (``sms``, ``user`` methods other than AnnA's) stay passthrough."""
+    cls = name.split(".", 1)[0]
+    siblings = sorted(n for n, o in OPERATIONS.items() if o.vendor_class == cls)
+    if not siblings or cls in AFILNET_OPEN_CLASSES:
+        return
+    close = difflib.get_close_matches(name, siblings, n=1, cutoff=0.6)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    raise ValidationError(
+        f"unknown operation '{_shorten(name)}'; {hint}{cls} methods are: {', '.join(siblings)}",
+        code="UNKNOWN_OPERATION")
+
+
 def resolve(name: str, provider: str | None = None) -> Operation:
     """The declared operation called ``name``, or an Afilnet passthrough for any other
     ``class.method`` (when the provider is unset or ``afilnet``)."""
@@ -321,6 +343,7 @@ def resolve(name: str, provider: str | None = None) -> Operation:
     if op is not None and provider in (None, "", op.provider):
         return op
     if provider in (None, "", "afilnet") and _PASSTHROUGH_NAME.match(name or ""):
+        _refuse_undeclared_method(name)
         return passthrough(name)
     known = ", ".join(sorted(OPERATIONS)) + ", or any Afilnet class.method"
     if provider not in (None, "") and provider not in PROVIDERS:

@@ -9,7 +9,17 @@ import click
 
 from . import messages
 from . import sync as sync_mod
-from .cli_support import Context, _parse_param, _print_json, _table, common
+from .cli_support import (
+    EXIT_NOT_SUCCEEDED,
+    EXIT_TIMEOUT,
+    Context,
+    FiniteFloat,
+    _parse_param,
+    _print_json,
+    _table,
+    check_account,
+    common,
+)
 
 
 @click.group()
@@ -32,6 +42,7 @@ def add(ctx: Context, name: str, operation: str, param: tuple[str, ...], json_te
         interval: str, account: str, disabled: bool, max_children: int) -> None:
     """Create or update schedule NAME running OPERATION (or sync.chats)."""
     params: dict[str, Any] = _parse_param(param, json_text)
+    check_account(ctx, account)
     sid = sync_mod.add_schedule(ctx.engine, name, operation, params, interval, account=account,
                                 enabled=not disabled, max_children=max_children)
     click.echo(f"schedule {name} (id {sid}) saved")
@@ -50,10 +61,29 @@ def list_(ctx: Context, as_json: bool) -> None:
         click.echo("no schedules")
         return
     for r in rows:
-        r["last_run_state"] = ", ".join(f"{k} {v}" for k, v in sorted(r["last_run"].items()))
-    click.echo(_table(rows, ["name", "operation", "account", "interval_seconds",
-                                    "enabled", "next_run_at", "last_run_at", "last_status",
-                                    "last_run_state", "last_error"]))
+        r["every"] = _span(r["interval_seconds"])
+        r["on"] = "yes" if r["enabled"] else "no"
+        r["requests"] = " ".join(f"{k[:4]}:{v}" for k, v in sorted(r["last_run"].items()))
+        r["next_run"] = _minute(r["next_run_at"])
+        r["last_run"] = _minute(r["last_run_at"])
+        r["last_error"] = _clip(r.get("last_error"), 30)
+    click.echo(_table(rows, ["name", "operation", "account", "every", "on", "next_run",
+                             "last_run", "last_status", "requests", "last_error"], width=24))
+
+
+def _span(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _minute(value: Any) -> str:
+    return "" if value is None else f"{value:%Y-%m-%d %H:%M}Z"
+
+
+def _clip(text: str | None, width: int) -> str | None:
+    return text if text is None or len(text) <= width else text[: width - 1] + "…"
 
 
 @schedule.command("remove")
@@ -104,26 +134,36 @@ class _Progress:
 @click.command()
 @click.option("--account", default="default", show_default=True)
 @click.option("--unread-only", is_flag=True, help="Fetch unread messages only.")
+@click.option("--timeout", type=FiniteFloat(0, 7 * 86400, low_open=True),
+              help="Give up waiting after this many seconds (exit 6).")
 @common
-def sync(ctx: Context, account: str, unread_only: bool) -> None:
+def sync(ctx: Context, account: str, unread_only: bool, timeout: float | None) -> None:
     """Run one full chat sync now (channels, chats, messages) and summarise the tables.
 
-    Exits 1 when any request of the sync failed (the summary lists them)."""
+    Runs only this sync's own requests (nothing else queued is sent) and waits until all of
+    them are finished, whoever runs them. Exit 0 when every request succeeded, 1 when any
+    failed (the summary lists them), 6 when --timeout passed first."""
+    check_account(ctx, account)
     progress = _Progress()
     try:
         summary = sync_mod.sync_now(ctx.settings, ctx.engine, account=account,
-                                    unread_only=unread_only, progress=progress)
+                                    unread_only=unread_only, progress=progress,
+                                    timeout=timeout)
     finally:
         progress.close()
-    click.echo(f"sync finished in {summary.seconds:.1f}s, requests: " + ", ".join(
-        f"{k} {v}" for k, v in sorted(summary.requests.items())))
+    pending = sum(summary.requests.get(s, 0) for s in sync_mod.IN_FLIGHT)
+    verb = "finished" if not pending else f"stopped waiting ({pending} still in flight)"
+    click.echo(f"sync {verb} in {summary.seconds:.1f}s, run {summary.root_id}, requests: "
+               + ", ".join(f"{k} {v}" for k, v in sorted(summary.requests.items())))
     rows = [{"table": t, **c} for t, c in summary.tables.items()]
     click.echo(_table(rows, ["table", "inserted", "updated"]))
     if summary.failures:
         click.echo("failed requests:")
         click.echo(_table(summary.failures,
                                  ["id", "operation", "status", "error_code", "error_message"]))
-        sys.exit(1)
+        sys.exit(EXIT_NOT_SUCCEEDED)
+    if pending:
+        sys.exit(EXIT_TIMEOUT)
 
 
 @click.command()

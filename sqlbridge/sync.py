@@ -22,6 +22,7 @@ All times are the database server's clock (``utcnow()``).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -112,8 +113,20 @@ def _check(operation: str, params: Mapping[str, Any]) -> dict[str, Any]:
     clean: dict[str, Any] = {k: str(v) for k, v in params.items()
                              if k != "unread_only" and v not in (None, "")}
     if "unread_only" in params:
-        clean["unread_only"] = _truthy(params["unread_only"])
+        clean["unread_only"] = _strict_bool(operation, "unread_only", params["unread_only"])
     return clean
+
+
+def _strict_bool(operation: str, name: str, value: Any) -> bool:
+    """Options saved from now on are true/false/1/0: 'maybe' is refused, not read as false."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
+        return value.strip().lower() in ("true", "1")
+    raise ValidationError(f"{operation}: option '{name}' must be true, false, 1 or 0; got "
+                          f"{str(value)[:40]!r}", code="INVALID_PARAM_TYPE", param=name)
 
 
 def _as_datetime(value: Any) -> datetime:
@@ -188,6 +201,12 @@ def list_schedules(engine: Engine) -> list[dict[str, Any]]:
             item = dict(row._mapping)
             item["params"] = json.loads(item["params"] or "{}")
             item["last_run"] = _run_state(conn, row.id, row.last_request_id)
+            if item["last_status"] in UNSETTLED and row.last_request_id is not None:
+                # A run that finished after the last worker tick is shown as it stands, not
+                # as the stale "queued" the row still holds (settle() writes it later).
+                root_status = conn.execute(select(outbox.c.status).where(
+                    outbox.c.id == row.last_request_id)).scalar()
+                item["last_status"] = run_status(item["last_run"], root_status)
             out.append(item)
     return out
 
@@ -464,16 +483,22 @@ class SyncSummary:
 
 def sync_now(settings: Any, engine: Engine, *, account: str = "default",
              unread_only: bool = False,
-             progress: Callable[[int, int], None] | None = None) -> SyncSummary:
-    """Run one full chat sync to the end, in this process, and report rows per table.
+             progress: Callable[[int, int], None] | None = None,
+             timeout: float | None = None, poll: float = 0.2) -> SyncSummary:
+    """Run one full chat sync to the end and report its requests and rows per table.
+
+    Works on its own run only: it claims nothing but the requests of the run it started (the
+    root's schedule, ids from the root on), so unrelated queued requests stay for the
+    workers. It waits until every request of the run's tree (the root and its descendants by
+    ``parent_id``) is finished, whoever runs them: a worker running alongside may take some.
+    ``timeout`` (seconds) gives up waiting; the summary then counts what is still in flight.
 
     The run is recorded under the disabled schedule ``sync-now:<account>[:unread]`` (the
     fan-out needs a schedule to hang on, and ``schedule list`` then shows the last manual run
-    like any other). ``progress(finished, total)`` is called about three times a second.
+    like any other). ``progress(finished, total)`` is called about five times a second.
     "updated" counts rows the sync confirmed again (``last_seen`` moved), changed or not.
     """
     from .queue import Queue
-    from .worker import Worker
 
     queue = Queue(engine, settings)
     name = f"sync-now:{account}" + (":unread" if unread_only else "")
@@ -488,29 +513,105 @@ def sync_now(settings: Any, engine: Engine, *, account: str = "default",
         conn.execute(update(sync_schedule).where(sync_schedule.c.id == sid)
                      .values(last_request_id=root.id, last_run_at=utcnow(),
                              last_status="queued", last_error=None))
-    worker = Worker(settings, engine, schedules=False)
-    thread = threading.Thread(target=worker.run, kwargs={"once": True}, daemon=True,
-                              name="sqlbridge-sync-now")
-    thread.start()
-    while thread.is_alive():
-        thread.join(0.3)
-        if progress:
-            with engine.connect() as conn:
-                state = _run_state(conn, sid, root.id)
-            total = sum(state.values())
-            progress(total - sum(state.get(s, 0) for s in IN_FLIGHT), total)
+    _drive_run(queue, settings, root.id, sid, progress=progress, poll=poll,
+               deadline=None if timeout is None else t0 + timeout)
     settle(engine)
     with engine.connect() as conn:
-        state = _run_state(conn, sid, root.id)
+        state = _tree_state(conn, root.id)
         failures = [dict(r._mapping) for r in conn.execute(
             select(outbox.c.id, outbox.c.operation, outbox.c.status, outbox.c.error_code,
                    outbox.c.error_message)
-            .where(outbox.c.schedule_id == sid, outbox.c.id >= root.id,
+            .where(outbox.c.id.in_(select(_tree(root.id).c.id)),
                    outbox.c.status.not_in(("succeeded", *IN_FLIGHT)))
             .order_by(outbox.c.id).limit(20))]
         tables = {t.name: _table_counts(conn, t, account, start)
                   for t in INBOX_TABLES if t.name.startswith("chat")}
     return SyncSummary(state, tables, time.monotonic() - t0, failures, root.id)
+
+
+def _tree(root_id: int) -> Any:
+    """The ids of a run: its root and every descendant by ``parent_id``."""
+    tree = select(outbox.c.id).where(outbox.c.id == root_id).cte("run_tree", recursive=True)
+    return tree.union_all(select(outbox.c.id).join(tree, outbox.c.parent_id == tree.c.id))
+
+
+def _tree_state(conn: Connection, root_id: int) -> dict[str, int]:
+    """The run's requests by status: exact, whatever else shares its schedule."""
+    rows = conn.execute(select(outbox.c.status, func.count())
+                        .where(outbox.c.id.in_(select(_tree(root_id).c.id)))
+                        .group_by(outbox.c.status)).all()
+    return {status: n for status, n in rows}
+
+
+def _drive_run(queue: Any, settings: Any, root_id: int, sid: int, *,
+               progress: Callable[[int, int], None] | None, poll: float,
+               deadline: float | None) -> None:
+    """Run the requests of one run in this process until its whole tree is finished.
+
+    The same parts as the worker (claim, ``attempt.run`` on a thread pool, fenced ``finish``,
+    lease renewal and recovery), but the claim is scoped to this run, and "done" means the
+    run's tree has nothing queued or in flight, not "the outbox is empty"."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor
+    from concurrent.futures import wait as wait_for
+
+    from . import attempt, inbox, logs
+    from .providers import build_providers
+    from .worker import default_worker_id
+
+    w = settings.worker
+    me = f"{default_worker_id()}:sync"
+    scope = and_(outbox.c.schedule_id == sid, outbox.c.id >= root_id)
+    fan_out = functools.partial(followups, queue.engine)
+    providers = build_providers(pool_size=w.concurrency)
+    inflight: dict[Any, Any] = {}
+    renewed: dict[str, float] = {}
+    next_recovery = 0.0
+    pool = ThreadPoolExecutor(w.concurrency, thread_name_prefix="sqlbridge-sync")
+    try:
+        while True:
+            now = time.monotonic()
+            if now >= next_recovery:
+                queue.recover_expired()
+                next_recovery = now + max(1.0, w.lease_seconds / 4)
+            late = deadline is not None and now >= deadline
+            free = w.concurrency - len(inflight)
+            claims = [] if late or free <= 0 else queue.claim(
+                me, min(free, w.batch), w.lease_seconds, scope=scope)
+            for c in claims:
+                inflight[pool.submit(attempt.run, c, settings=settings, call=providers.call,
+                                     worker=me, followups=fan_out)] = c
+                renewed.setdefault(c.lease_token, now)
+            if inflight:
+                finished, _ = wait_for(list(inflight), timeout=poll,
+                                       return_when=FIRST_COMPLETED)
+                done = [f.result() for f in finished]
+                for f in finished:
+                    inflight.pop(f)
+                if done:
+                    logs.attempts_written(done, queue.finish(done, inbox.write))
+                live = {c.lease_token for c in inflight.values()}
+                for token in list(renewed):
+                    if token not in live:
+                        del renewed[token]
+                    elif time.monotonic() - renewed[token] >= w.lease_seconds / 3:
+                        queue.renew(token, w.lease_seconds)
+                        renewed[token] = time.monotonic()
+            with queue.engine.connect() as conn:
+                state = _tree_state(conn, root_id)
+            total = sum(state.values())
+            pending = sum(state.get(s, 0) for s in IN_FLIGHT)
+            if progress:
+                progress(total - pending, total)
+            if not inflight and (pending == 0 or late):
+                return
+            if not inflight and not claims:
+                # Another worker holds the rest, or a retry is not due yet.
+                time.sleep(poll)
+    finally:
+        for f in list(inflight):
+            f.cancel()
+        pool.shutdown(wait=True)
+        providers.close()
 
 
 def _table_counts(conn: Connection, table: Any, account: str, start: datetime) -> dict[str, int]:

@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from . import attempt, sync
+from . import attempt, logs, sync
 from .config import Settings
 from .db import make_engine
 from .queue import Claimed, Completion, Queue, is_data_error
@@ -49,6 +49,8 @@ FLUSH_INTERVAL = 0.1
 ONCE_HORIZON = 30.0
 # Seconds calls in flight get to finish after a stop request (``sqlbridge worker --grace``).
 DEFAULT_GRACE = 30.0
+# [worker] retention runs at start and then this often (seconds).
+RETENTION_EVERY = 3600.0
 _RETRYABLE_DB_CODES = ("1205", "1222", "40001", "database is locked")
 
 
@@ -65,6 +67,9 @@ class WorkerStats:
     abandoned: int = 0
     recovered: dict[str, int] = field(default_factory=dict)
     db_errors: int = 0
+
+    def __str__(self) -> str:
+        return logs.stats_sentence(self)
 
     def count(self, status: str) -> None:
         name = {"queued": "retried"}.get(status, status)
@@ -97,6 +102,7 @@ class Worker:
         self._providers: Any = None
         self._call = call
         self._stop = threading.Event()
+        self._next_retention = 0.0
         self.stats = WorkerStats()
 
     # -- wiring ----------------------------------------------------------------------------
@@ -201,6 +207,7 @@ class Worker:
                     for k, v in recovered.items():
                         self.stats.recovered[k] = self.stats.recovered.get(k, 0) + v
                     next_recovery = now + max(1.0, self.lease / 4)
+                self._retention(now)
                 if self.schedules and now >= next_schedules:
                     self._db("schedules", lambda: sync.run_due(self.queue, self.id))
                     next_schedules = now + 1.0
@@ -248,6 +255,17 @@ class Worker:
             self._shutdown(pool, inflight, done, writer, tokens)
         return self.stats
 
+    def _retention(self, now: float) -> None:
+        """``[worker] retention``: purge finished requests older than it, on a slow clock
+        (bounded batches, so claims are never held up)."""
+        age = self.settings.worker.retention
+        if age is None or now < self._next_retention:
+            return
+        self._next_retention = now + RETENTION_EVERY
+        purged = self._db("retention purge", lambda: self.queue.purge(age))
+        if purged:
+            log.info("retention: purged %d finished requests older than %gs", purged, age)
+
     def _flush(self, done: list[Completion], writer: Callable[..., Any]) -> None:
         try:
             fenced = self._db("finish", lambda: self.queue.finish(done, writer),
@@ -258,6 +276,7 @@ class Worker:
             fenced = self._finish_one_by_one(done, writer)
         if fenced is None:
             return
+        logs.attempts_written(done, fenced)
         for c in done:
             if c.id in fenced:
                 self.stats.fenced += 1

@@ -41,8 +41,7 @@ def test_enqueue_prints_the_id_and_status_counts_it(db_url: str) -> None:
     status = json.loads(out)
     assert status["by_status"] == {"queued": 2}
     code, out, _ = run("show", second, "--json", "--database-url", db_url)
-    assert json.loads(json.loads(out)["params"]) == {"userId": "1001",
-                                                     "messengerFilters": {"status": "A"}}
+    assert json.loads(out)["params"] == {"userId": "1001", "messengerFilters": {"status": "A"}}
 
 
 def test_bad_parameters_exit_4_with_one_line_naming_the_parameter(db_url: str) -> None:

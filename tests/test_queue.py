@@ -47,10 +47,27 @@ def test_unicode_and_long_text_survive_the_outbox(queue: Queue) -> None:
 
 def test_the_same_request_key_returns_the_first_request(queue: Queue) -> None:
     first = queue.enqueue("chat.sendmessage", SEND, request_key="order-42")
-    again = queue.enqueue("chat.sendmessage", {**SEND, "message": "other"},
-                          request_key="order-42")
+    again = queue.enqueue("chat.sendmessage", dict(SEND), request_key="order-42")
     assert (first.created, again.created) == (True, False)
     assert again.id == first.id
+    with queue.engine.begin() as conn:  # the path the worker's fan-out takes
+        assert queue.enqueue("chat.sendmessage", SEND, request_key="order-42",
+                             conn=conn).id == first.id
+    with queue.engine.connect() as c:
+        assert c.execute(select(outbox.c.id)).all() == [(first.id,)]
+
+
+def test_the_same_request_key_for_another_request_is_refused_naming_the_first(
+        queue: Queue) -> None:
+    first = queue.enqueue("chat.sendmessage", SEND, request_key="order-42")
+    for op, params, account in [("chat.sendmessage", {**SEND, "message": "other"}, "default"),
+                                ("chat.getchats", {"platform": "whatsapp",
+                                                   "platformid": "100"}, "default"),
+                                ("chat.sendmessage", SEND, "marketing")]:
+        with pytest.raises(ValidationError) as e:
+            queue.enqueue(op, params, account=account, request_key="order-42")
+        assert e.value.code == "IDEMPOTENCY_CONFLICT"
+        assert f"request {first.id}" in str(e.value)
     with queue.engine.connect() as c:
         assert c.execute(select(outbox.c.id)).all() == [(first.id,)]
 
