@@ -34,7 +34,7 @@ from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from .errors import ConfigError
-from .schema import metadata, schema_version
+from .schema import metadata, outbox, schema_version
 
 SQL_DIR = Path(__file__).resolve().parent / "sql"
 ENGINE_SCRIPTS = {False: "engine/sqlserver.sql", True: "engine/babelfish.sql"}
@@ -207,8 +207,39 @@ def _sqlite_ddl_checksum(engine: Engine) -> str:
     return checksum("\n".join(ddl))
 
 
+def _outbox_reuses_ids(conn: Connection) -> bool:
+    ddl = conn.exec_driver_sql(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'outbox'").scalar()
+    return ddl is not None and "AUTOINCREMENT" not in ddl.upper()
+
+
+def _upgrade_sqlite_outbox(engine: Engine) -> bool:
+    """Rebuild an outbox made before AUTOINCREMENT (SQLite's documented way to change a
+    table: create the new one, copy, drop, rename), so ids are never reused from now on. The
+    sequence starts above every id still referenced by attempt rows too."""
+    with engine.begin() as conn:
+        if not _outbox_reuses_ids(conn):
+            return False
+        cols = ", ".join(c.name for c in outbox.columns)
+        conn.exec_driver_sql("ALTER TABLE outbox RENAME TO outbox_before_autoincrement")
+        for index in outbox.indexes:
+            conn.exec_driver_sql(f"DROP INDEX IF EXISTS {index.name}")
+        outbox.create(conn)
+        conn.exec_driver_sql(f"INSERT INTO outbox ({cols}) SELECT {cols} "
+                             "FROM outbox_before_autoincrement")
+        conn.exec_driver_sql("DROP TABLE outbox_before_autoincrement")
+        top = conn.exec_driver_sql(
+            "SELECT MAX(m) FROM (SELECT MAX(id) AS m FROM outbox UNION ALL "
+            "SELECT MAX(request_id) FROM outbox_attempt)").scalar() or 0
+        conn.exec_driver_sql("DELETE FROM sqlite_sequence WHERE name = 'outbox'")
+        conn.exec_driver_sql("INSERT INTO sqlite_sequence (name, seq) VALUES ('outbox', "
+                             f"{int(top)})")
+    return True
+
+
 def _install_sqlite(engine: Engine) -> list[str]:
     # create_all checks each table itself; the row only records which metadata made them.
+    _upgrade_sqlite_outbox(engine)
     metadata.create_all(engine)
     digest = _sqlite_ddl_checksum(engine)
     with engine.begin() as conn:

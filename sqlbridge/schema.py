@@ -85,6 +85,10 @@ outbox = Table(
     ),
     CheckConstraint("ISJSON(params) = 1", name="ck_outbox_params_json").ddl_if(dialect="mssql"),
     CheckConstraint("json_valid(params)", name="ck_outbox_params_json").ddl_if(dialect="sqlite"),
+    # SQLite reuses the highest rowid after it is deleted (a purge) unless the table says
+    # AUTOINCREMENT; inbox rows' request_id would then point at an unrelated request. SQL
+    # Server's IDENTITY never goes back.
+    sqlite_autoincrement=True,
 )
 
 # The claim statement's index: only queued rows, in the order they are taken.

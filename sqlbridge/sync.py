@@ -211,10 +211,11 @@ def list_schedules(engine: Engine) -> list[dict[str, Any]]:
     return out
 
 
-def load_from_config(engine: Engine, schedules: Iterable[Mapping[str, Any]]) -> list[str]:
-    """Upsert ``[[schedules]]`` tables of the TOML file; returns their names. Schedules made
-    elsewhere (T-SQL, CLI) are left alone: the file adds and updates, never deletes."""
-    names = []
+def check_config(schedules: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``[[schedules]]`` tables checked as the worker will use them, without a database:
+    the arguments for ``add_schedule``; ``ConfigError`` naming the table otherwise (``doctor``
+    runs this too)."""
+    out = []
     for i, item in enumerate(schedules):
         where = f"[[schedules]] #{i + 1}" + (f" ({item['name']})" if "name" in item else "")
         unknown = sorted(set(item) - _CONFIG_KEYS)
@@ -228,14 +229,32 @@ def load_from_config(engine: Engine, schedules: Iterable[Mapping[str, Any]]) -> 
             raise ConfigError(f"{where}: params must be a table, e.g. params = {{ userId = "
                               '"1001" }')
         try:
-            add_schedule(engine, str(item["name"]), str(item["operation"]),
-                         item.get("params") or {}, item["interval"],
-                         account=str(item.get("account", "default")),
-                         enabled=bool(item.get("enabled", True)),
-                         max_children=int(item.get("max_children", 1000)))
+            args = {"name": str(item["name"]), "operation": str(item["operation"]),
+                    "params": _check(str(item["operation"]), item.get("params") or {}),
+                    "interval": parse_interval(item["interval"]),
+                    "account": str(item.get("account", "default")),
+                    "enabled": bool(item.get("enabled", True)),
+                    "max_children": int(item.get("max_children", 1000))}
         except ValidationError as exc:
             raise ConfigError(f"{where}: {exc}") from None
-        names.append(str(item["name"]))
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: max_children must be a whole number") from None
+        out.append(args)
+    return out
+
+
+def load_from_config(engine: Engine, schedules: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Upsert ``[[schedules]]`` tables of the TOML file; returns their names. Schedules made
+    elsewhere (T-SQL, CLI) are left alone: the file adds and updates, never deletes."""
+    names = []
+    for args in check_config(schedules):
+        name = args.pop("name")
+        try:
+            add_schedule(engine, name, args.pop("operation"), args.pop("params"),
+                         args.pop("interval"), **args)
+        except ValidationError as exc:
+            raise ConfigError(f"[[schedules]] ({name}): {exc}") from None
+        names.append(name)
     return names
 
 
