@@ -102,8 +102,8 @@ def enqueue(ctx: Context, operation: str, param: tuple[str, ...], json_text: str
         click.echo(result.id)
         return
     # The id first, so an interrupted or timed-out wait still says what was queued.
-    click.echo(f"request {result.id} queued; waiting up to {timeout:g}s", err=True)
     try:
+        click.echo(f"request {result.id} queued; waiting up to {timeout:g}s", err=True)
         row = ctx.queue.wait(result.id, timeout)
     except KeyboardInterrupt:
         click.echo(f"interrupted: request {result.id} stays {_status(ctx, result.id)} "

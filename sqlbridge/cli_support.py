@@ -110,7 +110,7 @@ def common(fn: Callable[..., Any] | None = None, *,
             found = classify(exc, url)
             if isinstance(found, ConfigError):
                 _fail(found, EXIT_CONFIG)
-            click.echo(f"error: cannot use the database: {_one_line(exc)}", err=True)
+            click.echo(printable(f"error: cannot use the database: {_one_line(exc)}"), err=True)
             sys.exit(EXIT_DATABASE)
 
     return wrapper
@@ -134,8 +134,15 @@ def check_account(ctx: Context, account: str) -> None:
                               code="UNKNOWN_ACCOUNT", param="account")
 
 
+def printable(text: str) -> str:
+    """One line whatever the input held: control characters (newlines, U+001E, ...) and
+    lone surrogates are shown escaped, as Python writes them."""
+    return "".join(ch if ch.isprintable() and not 0xD800 <= ord(ch) <= 0xDFFF
+                   else ascii(ch)[1:-1] for ch in text)
+
+
 def _fail(exc: SqlbridgeError, code: int) -> None:
-    click.echo(f"error: {exc.code}: {exc}", err=True)
+    click.echo(printable(f"error: {exc.code}: {exc}"), err=True)
     sys.exit(code)
 
 
@@ -210,7 +217,7 @@ def _read_json_source(json_text: str) -> str:
     """``--json TEXT``, ``--json @FILE`` or ``--json -`` (stdin): argv holds at most 128 KiB
     per argument, so long messages come from a file or a pipe."""
     if json_text == "-":
-        data = click.get_binary_stream("stdin").read()
+        data = sys.stdin.buffer.read()
         where = "--json - (standard input)"
     elif json_text.startswith("@"):
         path = json_text[1:]
@@ -291,10 +298,10 @@ class OneLineErrors(click.Group):
             code = rv if isinstance(rv, int) else EXIT_OK
         except click.UsageError as exc:
             where = f" (see: {exc.ctx.command_path} --help)" if exc.ctx else ""
-            click.echo(f"error: {exc.format_message()}{where}", err=True)
+            click.echo(printable(f"error: {exc.format_message()}{where}"), err=True)
             code = EXIT_USAGE
         except click.ClickException as exc:
-            click.echo(f"error: {exc.format_message()}", err=True)
+            click.echo(printable(f"error: {exc.format_message()}"), err=True)
             code = exc.exit_code
         except (click.Abort, KeyboardInterrupt):
             click.echo("interrupted", err=True)

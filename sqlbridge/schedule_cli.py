@@ -61,14 +61,14 @@ def list_(ctx: Context, as_json: bool) -> None:
         click.echo("no schedules")
         return
     for r in rows:
-        r["every"] = _span(r["interval_seconds"])
-        r["on"] = "yes" if r["enabled"] else "no"
+        r["every"] = _span(r["interval_seconds"]) + ("" if r["enabled"] else " off")
         r["requests"] = " ".join(f"{k[:4]}:{v}" for k, v in sorted(r["last_run"].items()))
         r["next_run"] = _minute(r["next_run_at"])
         r["last_run"] = _minute(r["last_run_at"])
-        r["last_error"] = _clip(r.get("last_error"), 30)
-    click.echo(_table(rows, ["name", "operation", "account", "every", "on", "next_run",
-                             "last_run", "last_status", "requests", "last_error"], width=24))
+        r["error"] = _clip(r.get("last_error"), 24)
+    # Narrow enough for a 120-column terminal; --json has every field in full.
+    click.echo(_table(rows, ["name", "operation", "account", "every", "next_run",
+                             "last_run", "last_status", "requests", "error"], width=20))
 
 
 def _span(seconds: int) -> str:
@@ -79,7 +79,7 @@ def _span(seconds: int) -> str:
 
 
 def _minute(value: Any) -> str:
-    return "" if value is None else f"{value:%Y-%m-%d %H:%M}Z"
+    return "" if value is None else f"{value:%m-%d %H:%M}Z"
 
 
 def _clip(text: str | None, width: int) -> str | None:

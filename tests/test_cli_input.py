@@ -1,0 +1,176 @@
+"""Hostile input at the command line: every mistake is one line with a documented exit code,
+never a traceback; long parameters come from a file or stdin."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sqlbridge.cli import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_TIMEOUT, EXIT_USAGE, main
+from sqlbridge.db import make_engine
+from sqlbridge.install import install
+from sqlbridge.queue import Queue
+
+
+def run(*args: str, input: str | bytes | None = None,
+        env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, list(args), input=input, env=env)
+    # Only SystemExit may leave a command: anything else is a traceback for the user.
+    assert result.exception is None or isinstance(result.exception, SystemExit), \
+        result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    u = f"sqlite:///{tmp_path / 'cli.db'}"
+    install(make_engine(u))
+    return u
+
+
+def one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+SEND = ["chat.sendmessage", "-p", "platform=whatsapp", "-p", "platformid=100",
+        "-p", "destination=346"]
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--json", '{"platform": "whatsapp", "platformid": "1", "destination": "2", '
+      '"message": "\\ud800"}'], "lone surrogate"),
+    (["--json", '{"message": "\udcff"}'], "not valid Unicode"),
+    (["-p", "message=caf\udce9"], "not valid Unicode"),
+    (["-p", "message=x", "--priority", str(2**70)], "priority"),
+    (["-p", "message=x", "--wait", "--timeout", "nan"], "timeout"),
+    (["-p", "message=x", "--wait", "--timeout", "inf"], "timeout"),
+    (["--json", "[1, 2]"], "JSON object"),
+    (["--json", "{" * 100_000], "JSON"),
+    (["--json", "@/nonexistent/params.json"], "cannot read"),
+])
+def test_bad_enqueue_input_is_one_line_with_the_usage_exit_code(
+        url: str, args: list[str], says: str) -> None:
+    code, out, err = run("enqueue", *SEND[:1], *args, "--database-url", url)
+    assert code == EXIT_USAGE, err
+    assert says in one_line(err) and out == ""
+    assert Queue(make_engine(url)).summary()["by_status"] == {}
+
+
+@pytest.mark.parametrize("command", ["show", "retry", "cancel"])
+def test_an_id_beyond_bigint_is_a_usage_error(url: str, command: str) -> None:
+    code, _, err = run(command, str(2**70), "--database-url", url)
+    assert code == EXIT_USAGE and "2" in one_line(err)
+
+
+def test_a_100000_character_message_comes_from_a_file_or_stdin(url: str,
+                                                                tmp_path: Path) -> None:
+    message = ("Olá 😀 & # % " * 10_000)[:100_000]
+    params = {"platform": "whatsapp", "platformid": "100", "destination": "346",
+              "message": message}
+    f = tmp_path / "p.json"
+    f.write_text(json.dumps(params, ensure_ascii=False), encoding="utf-8")
+    code, out, err = run("enqueue", "chat.sendmessage", "--json", f"@{f}", "--database-url", url)
+    assert code == 0, err
+    from_file = int(out)
+    code, out, err = run("enqueue", "chat.sendmessage", "--json", "-", "--database-url", url,
+                         input=json.dumps(params).encode())
+    assert code == 0, err
+    q = Queue(make_engine(url))
+    for rid in (from_file, int(out)):
+        assert json.loads(q.get(rid)["params"])["message"] == message
+    code, _, err = run("enqueue", "chat.sendmessage", "--json", "-", "--database-url", url,
+                       input=b'{"message": "\xff"}')
+    assert code == EXIT_USAGE and "not UTF-8" in one_line(err)
+
+
+def test_argv_that_is_not_utf8_is_refused_by_the_real_program(url: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "sqlbridge", "enqueue", *SEND,
+                           b"-p", b"message=caf\xe9", "--database-url", url],
+                          capture_output=True, timeout=120)
+    assert proc.returncode == EXIT_USAGE
+    assert b"Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.text(max_size=20), value=st.text(max_size=200),
+       json_text=st.one_of(st.none(), st.text(max_size=200),
+                           st.dictionaries(st.text(max_size=10),
+                                           st.one_of(st.text(max_size=30), st.integers(),
+                                                     st.floats(), st.booleans(), st.none()),
+                                           max_size=4).map(json.dumps)),
+       operation=st.sampled_from(["chat.sendmessage", "chat.getchats", "http.request",
+                                  "sms.sendsms", "x"]))
+def test_any_parameter_text_is_queued_or_refused_in_one_line(
+        url: str, name: str, value: str, json_text: str | None, operation: str) -> None:
+    args = ["enqueue", operation, "-p", f"{name}={value}", "--database-url", url]
+    if json_text is not None and not json_text.startswith(("@", "-")):
+        args += ["--json", json_text]
+    code, out, err = run(*args)
+    assert code in (0, EXIT_USAGE, EXIT_INVALID), (code, err)
+    if code == 0:
+        assert out.strip().isdigit()
+    else:
+        assert one_line(err).startswith("error: ")
+
+
+def test_wait_without_a_worker_prints_the_id_first_and_asks_about_the_worker(url: str) -> None:
+    code, out, err = run("enqueue", "chat.getchatchannels", "--wait", "--timeout", "0.2",
+                         "--database-url", url)
+    assert code == EXIT_TIMEOUT
+    first, last = err.strip().splitlines()[0], err.strip().splitlines()[-1]
+    rid = first.split()[1]
+    assert first.startswith(f"request {rid} queued")
+    assert last == f"request {rid} still queued after 0.2s: is a worker running?"
+
+
+def test_ctrl_c_during_wait_names_the_queued_request(url: str) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "sqlbridge", "enqueue",
+                             "chat.getchatchannels", "--wait", "--timeout", "600",
+                             "--database-url", url], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    first = proc.stderr.readline()  # the id comes before the wait starts
+    rid = first.split()[1]
+    os.kill(proc.pid, signal.SIGINT)
+    _, rest = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_INTERRUPTED
+    assert f"request {rid} stays queued" in rest and "Traceback" not in rest
+
+
+@pytest.mark.parametrize("args", [["--lease", "0"], ["--poll-interval", "-1"],
+                                  ["--lease", "nan"], ["--poll-interval", "inf"]])
+def test_worker_options_out_of_range_are_usage_errors(url: str, args: list[str]) -> None:
+    code, _, err = run("worker", "--once", *args, "--database-url", url)
+    assert code == EXIT_USAGE and one_line(err).startswith("error: ")
+
+
+def test_log_level_is_case_insensitive(url: str) -> None:
+    code, out, err = run("worker", "--once", "--log-level", "debug", "--database-url", url)
+    assert code == 0, err
+    assert "processed: 0 succeeded" in out
+
+
+def test_sandbox_on_a_busy_port_and_demo_on_an_unwritable_path_are_one_line() -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        code, _, err = run("sandbox", "--port", str(port))
+    assert code == 3 and "choose another --port" in one_line(err)
+    code, _, err = run("demo", "--database-url", "sqlite:////proc/no-such-dir/demo.db")
+    assert code == 3 and "cannot write" in one_line(err)
