@@ -89,10 +89,6 @@ def enqueue(ctx: Context, operation: str, param: tuple[str, ...], json_text: str
 
     Exit 0 when queued (or, with --wait, when it succeeded); see README for other codes.
     """
-    for name, value in (("OPERATION", operation), ("--account", account),
-                        ("--request-key", request_key), ("--correlation", correlation)):
-        if value is not None and not _is_text(value):
-            raise UsageError(f"{name} is not valid UTF-8 text")
     params = _parse_param(param, json_text)
     check_account(ctx, account)
     result = ctx.queue.enqueue(operation, params, account=account,
@@ -118,14 +114,6 @@ def enqueue(ctx: Context, operation: str, param: tuple[str, ...], json_text: str
                    err=True)
         sys.exit(EXIT_TIMEOUT)
     sys.exit(EXIT_NOT_SUCCEEDED)
-
-
-def _is_text(value: str) -> bool:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _status(ctx: Context, request_id: int) -> str:

@@ -103,6 +103,12 @@ def common(fn: Callable[..., Any] | None = None, *,
             _fail(exc, EXIT_NOT_FOUND)
         except DatabaseUnavailable as exc:
             _fail(exc, EXIT_DATABASE)
+        except UnicodeEncodeError:
+            # Text no database can store (a lone surrogate from a JSON escape): the input's
+            # fault, reported as such whichever option carried it.
+            click.echo("error: the input holds text that is not valid Unicode (a lone "
+                       "surrogate such as \\ud800); only valid UTF-8 text is accepted", err=True)
+            sys.exit(EXIT_USAGE)
         except SqlbridgeError as exc:
             _fail(exc, EXIT_NOT_SUCCEEDED)
         except DBAPIError as exc:
@@ -292,7 +298,14 @@ class OneLineErrors(click.Group):
 
     def main(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         standalone = kwargs.pop("standalone_mode", True)
+        argv = kwargs.get("args", args[0] if args else None)
         try:
+            for i, arg in enumerate(sys.argv[1:] if argv is None else argv, 1):
+                # Bytes that are not UTF-8 arrive as lone surrogates (PEP 383): refuse them
+                # here, once for every command, before they reach a database or a vendor.
+                if isinstance(arg, str) and _undecodable(arg):
+                    raise UsageError(f"argument {i} ({ascii(arg)[:60]}) is not valid UTF-8 "
+                                     "text")
             rv = super().main(*args, standalone_mode=False, **kwargs)
             # Without standalone mode click returns the exit code of --help/--version (Exit).
             code = rv if isinstance(rv, int) else EXIT_OK

@@ -49,6 +49,8 @@ IN_FLIGHT = ("queued", "processing")
 # last_status values that settle() still has to look at.
 UNSETTLED = ("queued", "running")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# An INT column; ten years is longer than any schedule needs.
+MAX_INTERVAL = 10 * 365 * 86400
 _CONFIG_KEYS = {"name", "operation", "params", "interval", "account", "enabled", "max_children"}
 
 
@@ -75,11 +77,14 @@ def parse_interval(value: int | float | str) -> int:
     try:
         seconds = float(text[:-1]) * _UNITS[text[-1]] if text and text[-1] in _UNITS \
             else float(text)
-    except (ValueError, KeyError):
+    except (ValueError, KeyError, OverflowError):
         seconds = -1
-    if seconds < 1 or seconds != int(seconds):
-        raise ValidationError(f"interval {value!r} must be a whole number of seconds (at least "
-                              "1) or a span such as 30s, 5m, 1h, 1d", code="INVALID_ARGUMENT",
+    # nan and inf fail the first test; more than ten years (an INT overflow, too) the last.
+    if not math.isfinite(seconds) or seconds < 1 or seconds != int(seconds) \
+            or seconds > MAX_INTERVAL:
+        raise ValidationError(f"interval {str(value)[:40]!r} must be a whole number of seconds "
+                              "(at least 1, at most 3650d) or a span such as 30s, 5m, 1h, 1d",
+                              code="INVALID_ARGUMENT",
                               param="interval")
     return int(seconds)
 

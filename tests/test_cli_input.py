@@ -51,8 +51,8 @@ SEND = ["chat.sendmessage", "-p", "platform=whatsapp", "-p", "platformid=100",
 @pytest.mark.parametrize("args, says", [
     (["--json", '{"platform": "whatsapp", "platformid": "1", "destination": "2", '
       '"message": "\\ud800"}'], "lone surrogate"),
-    (["--json", '{"message": "\udcff"}'], "not valid Unicode"),
-    (["-p", "message=caf\udce9"], "not valid Unicode"),
+    (["--json", '{"message": "\udcff"}'], "not valid UTF-8"),
+    (["-p", "message=caf\udce9"], "not valid UTF-8"),
     (["-p", "message=x", "--priority", str(2**70)], "priority"),
     (["-p", "message=x", "--wait", "--timeout", "nan"], "timeout"),
     (["-p", "message=x", "--wait", "--timeout", "inf"], "timeout"),
@@ -174,3 +174,24 @@ def test_sandbox_on_a_busy_port_and_demo_on_an_unwritable_path_are_one_line() ->
     assert code == 3 and "choose another --port" in one_line(err)
     code, _, err = run("demo", "--database-url", "sqlite:////proc/no-such-dir/demo.db")
     assert code == 3 and "cannot write" in one_line(err)
+
+
+COMMANDS = [["enqueue"], ["show"], ["retry"], ["cancel"], ["status"], ["purge", "--dry-run"],
+            ["schedule", "add"], ["schedule", "remove"], ["schedule", "run-now"],
+            ["schedule", "list"], ["take"]]
+ARG = st.one_of(st.text(max_size=30),
+                st.sampled_from(["--priority", "--timeout", "--older-than", "--interval",
+                                 "--json", "-p", "--account", "--consumer", "--max", "1d",
+                                 "chat.getchats", "sync.chats", "nan", "-1", str(2**70),
+                                 "\udcff", "\ud800", "30"]))
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(command=st.sampled_from(COMMANDS), args=st.lists(ARG, max_size=5))
+def test_any_command_line_ends_with_a_documented_code_and_at_most_one_error_line(
+        url: str, command: list[str], args: list[str]) -> None:
+    code, _, err = run(*command, *args, "--database-url", url)
+    assert code in range(8), (code, err)
+    if code:
+        assert one_line(err).startswith("error: ")
