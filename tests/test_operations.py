@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, event, func, select, update
 from sqlalchemy.schema import CreateTable
 
 from sqlbridge import dbcheck, logs, registry, sync
@@ -95,7 +95,16 @@ def test_purge_in_batches_of_one_deletes_only_old_rows(queue: Queue) -> None:
     with queue.engine.begin() as c:  # the newest finished just now
         c.execute(update(outbox).where(outbox.c.id == ids[-1])
                   .values(finished_at=func.datetime("now")))
+    deletes: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if re.match(r"\s*DELETE FROM (\w+\.)?outbox\s", statement, re.I):
+            deletes.append(statement)
+
+    event.listen(queue.engine, "before_cursor_execute", seen)
     assert queue.purge(86400, batch=1) == 3
+    event.remove(queue.engine, "before_cursor_execute", seen)
+    assert len(deletes) == 3  # one bounded transaction per request, never one big DELETE
     with queue.engine.connect() as c:
         assert c.execute(select(outbox.c.id)).scalars().all() == [ids[-1]]
 
