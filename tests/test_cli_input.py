@@ -95,12 +95,24 @@ def test_a_100000_character_message_comes_from_a_file_or_stdin(url: str,
     assert code == EXIT_USAGE and "not UTF-8" in one_line(err)
 
 
-def test_argv_that_is_not_utf8_is_refused_by_the_real_program(url: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "sqlbridge", "enqueue", *SEND,
-                           b"-p", b"message=caf\xe9", "--database-url", url],
+@pytest.mark.parametrize("argv", [["enqueue", *SEND, b"-p", b"message=caf\xe9"],
+                                  ["schedule", "add", b"caf\xe9", "chat.getchatchannels"],
+                                  ["take", "--consumer", b"\xff"]])
+def test_argv_that_is_not_utf8_is_refused_by_the_real_program(url: str,
+                                                               argv: list[str]) -> None:
+    proc = subprocess.run([sys.executable, "-m", "sqlbridge", *argv, "--database-url", url],
                           capture_output=True, timeout=120)
     assert proc.returncode == EXIT_USAGE
-    assert b"Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    line = one_line(proc.stderr.decode())
+    assert line.startswith("error: argument ") and line.endswith("is not valid UTF-8 text")
+
+
+@pytest.mark.parametrize("interval", ["nan", "inf", "1e400", "-5m", "99999d"])
+def test_schedule_intervals_that_are_not_finite_spans_are_refused(url: str,
+                                                                  interval: str) -> None:
+    code, _, err = run("schedule", "add", "s", "chat.getchatchannels", "--interval", interval,
+                       "--database-url", url)
+    assert code == EXIT_INVALID and "interval" in one_line(err)
 
 
 @settings(max_examples=60, deadline=None,

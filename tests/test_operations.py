@@ -357,9 +357,11 @@ def test_json_log_lines_and_warnings_for_uncertain_and_dead_letters() -> None:
                           http_status=503, error_code="HTTP_503",
                           error_message="tok-123456", claim=claim)
         logs.attempts_written([done])
+        logging.getLogger("sqlbridge.test").warning("echoed: Bearer %s", "tok-123456")
     finally:
         logging.getLogger().removeHandler(handler)
-    record = json.loads(stream.getvalue())
+    record, echoed = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert echoed["message"] == "echoed: Bearer ***"
     assert record["level"] == "WARNING" and record["dead_letter"] is True
     assert {k: record[k] for k in logs.FIELDS} == {
         "request_id": 7, "operation": "chat.sendmessage", "account": "default", "attempt": 3,
