@@ -312,8 +312,19 @@ def mssql_statements() -> dict[str, str]:
             outcome="succeeded", error_code=None, error_message=None, worker="w"),
         "cancel": _cancel_statement(),
         "retry": _retry_statement(),
+        **_purge_statements(Queue._purgeable(86400, PURGEABLE), [1, 2], PURGE_BATCH),
     }
     return {name: str(stmt.compile(dialect=dialect)) for name, stmt in statements.items()}
+
+
+def _purge_statements(old: Any, ids: Sequence[int], batch: int) -> dict[str, Any]:
+    """One purge batch: pick at most ``batch`` old ids, delete their attempts, then them (by
+    id, still guarded by age and status)."""
+    return {
+        "purge_pick": select(outbox.c.id).where(old).order_by(outbox.c.id).limit(batch),
+        "purge_attempts": delete(outbox_attempt).where(outbox_attempt.c.request_id.in_(ids)),
+        "purge_requests": delete(outbox).where(outbox.c.id.in_(ids), old),
+    }
 
 
 def _cancel_statement() -> Any:
@@ -684,13 +695,13 @@ class Queue:
         total = 0
         while True:
             with self.engine.begin() as conn:
-                ids = conn.execute(select(outbox.c.id).where(old).order_by(outbox.c.id)
-                                   .limit(batch)).scalars().all()
+                ids = conn.execute(_purge_statements(old, [], batch)["purge_pick"]
+                                   ).scalars().all()
                 if not ids:
                     return total
-                conn.execute(delete(outbox_attempt)
-                             .where(outbox_attempt.c.request_id.in_(ids)))
-                total += conn.execute(delete(outbox).where(outbox.c.id.in_(ids), old)).rowcount
+                stmts = _purge_statements(old, ids, batch)
+                conn.execute(stmts["purge_attempts"])
+                total += conn.execute(stmts["purge_requests"]).rowcount
             if len(ids) < batch:
                 return total
 

@@ -649,5 +649,12 @@ def _table_counts(conn: Connection, table: Any, account: str, start: datetime) -
 def mssql_statements() -> dict[str, str]:
     """The scheduler's statements as SQL Server sees them (the T-SQL gate parses them)."""
     dialect = mssql.dialect()
+    from .queue import _claim_statement as claim_rows
+
+    run_claim = claim_rows(10, and_(outbox.c.schedule_id == 1, outbox.c.id >= 1))
+    run_state = (select(outbox.c.status, func.count())
+                 .where(outbox.c.id.in_(select(_tree(1).c.id))).group_by(outbox.c.status))
     return {"schedule_pick": str(_pick_statement().compile(dialect=dialect)),
-            "schedule_claim": str(_claim_statement().compile(dialect=dialect))}
+            "schedule_claim": str(_claim_statement().compile(dialect=dialect)),
+            "sync_run_claim": str(run_claim.compile(dialect=dialect)),
+            "sync_run_state": str(run_state.compile(dialect=dialect))}
