@@ -224,8 +224,10 @@ def purge(ctx: Context, older_than: str, statuses: tuple[str, ...], dry_run: boo
         if not sys.stdin.isatty():
             raise UsageError(f"purge would delete {total} requests ({detail}); not on a "
                              "terminal, so add --yes to confirm (or --dry-run to count)")
-        click.confirm(f"delete {total} requests older than {older_than} ({detail})?",
-                      abort=True, err=True)
+        if not click.confirm(f"delete {total} requests older than {older_than} ({detail})?",
+                             err=True):
+            click.echo("nothing deleted")
+            return
     n = ctx.queue.purge(age, wanted, batch=batch)
     click.echo(f"purged {n} requests")
 

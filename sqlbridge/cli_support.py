@@ -249,13 +249,13 @@ def _parse_param(values: tuple[str, ...], json_text: str | None) -> dict[str, An
         source = _read_json_source(json_text)
         try:
             loaded = json.loads(source)
+            _check_text(loaded, "--json")
         except RecursionError:
             raise UsageError("--json is nested too deeply") from None
         except ValueError as exc:
             raise UsageError(f"--json is not valid JSON: {exc}") from None
         if not isinstance(loaded, dict):
             raise UsageError("--json must be a JSON object, e.g. '{\"userId\": \"1001\"}'")
-        _check_text(loaded, "--json")
         params.update(loaded)
     for item in values:
         _check_text(item, "--param")

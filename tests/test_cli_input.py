@@ -58,6 +58,7 @@ SEND = ["chat.sendmessage", "-p", "platform=whatsapp", "-p", "platformid=100",
     (["-p", "message=x", "--wait", "--timeout", "inf"], "timeout"),
     (["--json", "[1, 2]"], "JSON object"),
     (["--json", "{" * 100_000], "JSON"),
+    (["--json", '{"message": ' + "[" * 100_000 + "]" * 100_000 + "}"], "nested too deeply"),
     (["--json", "@/nonexistent/params.json"], "cannot read"),
 ])
 def test_bad_enqueue_input_is_one_line_with_the_usage_exit_code(
@@ -207,3 +208,38 @@ def test_any_command_line_ends_with_a_documented_code_and_at_most_one_error_line
     assert code in range(8), (code, err)
     if code:
         assert one_line(err).startswith("error: ")
+
+
+@given(st.one_of(st.text(max_size=20),
+                 st.from_regex(r"-?\d{1,400}(\.\d{0,5})?(e\d{1,3})?[smhdSMHD]?", fullmatch=True)))
+def test_an_age_is_a_positive_bounded_number_of_seconds_or_a_sentence(text: str) -> None:
+    from sqlbridge.durations import MAX_AGE_SECONDS, parse_age
+
+    try:
+        seconds = parse_age(text)
+    except ValueError as exc:
+        assert "30d, 12h, 90m or 45s" in str(exc)
+        return
+    assert 0 < seconds <= MAX_AGE_SECONDS and text.strip()[-1].lower() in "smhd"
+
+
+def test_purge_on_a_terminal_asks_first(url: str) -> None:
+    import pty
+
+    q = Queue(make_engine(url))
+    q.enqueue("chat.getchatchannels")
+    with q.engine.begin() as c:
+        c.exec_driver_sql("UPDATE outbox SET status = 'succeeded', "
+                          "finished_at = datetime('now', '-40 days')")
+    for answer, says, left in ((b"n\n", "nothing deleted", 1), (b"y\n", "purged 1", 0)):
+        leader, follower = pty.openpty()
+        proc = subprocess.Popen([sys.executable, "-m", "sqlbridge", "purge", "--older-than",
+                                 "30d", "--database-url", url], stdin=follower,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        os.close(follower)
+        os.write(leader, answer)
+        out, err = proc.communicate(timeout=120)
+        os.close(leader)
+        assert proc.returncode == 0 and says in out.decode(), err
+        assert b"delete 1 requests older than 30d (succeeded 1)?" in err
+        assert sum(q.summary()["by_status"].values()) == left
