@@ -428,5 +428,14 @@ def test_the_readme_layout_names_every_module() -> None:
     for path in sorted(root.glob("*.py")):
         if path.name not in ("__init__.py", "__main__.py"):
             assert f"`{path.name}`" in layout, path.name
-    assert "seeds/" not in README and "docs/operations.md" in README
-    assert (root.parent / "docs" / "operations.md").is_file()
+    assert "docs/operations.md" in README
+    for doc in [README, *(p.read_text(encoding="utf-8")
+                          for p in (root.parent / "docs").glob("*.md"))]:
+        assert "seeds/" not in doc  # the project has no such folder
+
+
+def test_a_new_schedule_runs_at_once_as_docs_sync_md_says(queue: Queue) -> None:
+    sync.add_schedule(queue.engine, "five", "messenger.structure", {}, "5m")
+    assert sync.run_due(queue, "w") == 1
+    doc = (Path(sync.__file__).parent.parent / "docs" / "sync.md").read_text(encoding="utf-8")
+    assert "created at 10:02 runs at once" in doc
