@@ -30,8 +30,10 @@ def call(providers: Providers, account: Account, operation: str,
 
 def raw_call(providers: Providers, account: Account, operation: str,
              params: dict[str, Any]) -> CallResult:
-    """Skip our own validation, to make the vendor itself refuse bad input."""
-    return providers.call(registry.resolve(operation), params, account)
+    """Skip our own validation, to make the vendor itself refuse bad input (even a method the
+    registry refuses, such as chat.nosuchmethod, reaches the vendor as a passthrough)."""
+    op = registry.OPERATIONS.get(operation) or registry.passthrough(operation)
+    return providers.call(op, params, account)
 
 
 def afilnet(account: Account, **changes: Any) -> Account:
