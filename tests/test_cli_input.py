@@ -193,6 +193,8 @@ COMMANDS = [["enqueue"], ["show"], ["retry"], ["cancel"], ["status"], ["purge", 
             ["schedule", "add"], ["schedule", "remove"], ["schedule", "run-now"],
             ["schedule", "list"], ["take"]]
 ARG = st.one_of(st.text(max_size=30),
+                # Any bytes, as Python hands argv to the program (PEP 383 surrogateescape).
+                st.binary(max_size=20).map(lambda b: os.fsdecode(b.replace(b"\0", b""))),
                 st.sampled_from(["--priority", "--timeout", "--older-than", "--interval",
                                  "--json", "-p", "--account", "--consumer", "--max", "1d",
                                  "chat.getchats", "sync.chats", "nan", "-1", str(2**70),

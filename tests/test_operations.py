@@ -293,6 +293,29 @@ def test_doctor_fails_placeholders_and_broken_schedules(tmp_path: Path, db_url: 
     assert "[ ok ] account default: afilnet" in out
 
 
+def test_doctor_fails_a_schema_that_needs_an_upgrade(db_url: str, engine: Engine) -> None:
+    from sqlbridge.schema import schema_version
+
+    with engine.begin() as c:
+        c.execute(update(schema_version).values(checksum="0" * 64))
+    code, out, _ = run("doctor", "--database-url", db_url)
+    assert code == 1 and "[fail] schema version:" in out and "run sqlbridge install" in out
+
+
+def test_doctor_names_the_sql_server_driver_and_tls_settings() -> None:
+    pyodbc = pytest.importorskip("pyodbc", reason="pyodbc is not installed")
+    if "FreeTDS" not in pyodbc.drivers():
+        pytest.skip("the FreeTDS ODBC driver (tdsodbc) is not installed")
+    url = ("mssql+pyodbc://u:p@127.0.0.1:1/db?driver=FreeTDS&TrustServerCertificate=yes"
+           "&Encrypt=no")
+    code, out, _ = run("doctor", "--database-url", url)
+    assert code == 1
+    assert "[ ok ] sql server driver: FreeTDS" in out
+    assert "[warn] sql server TLS: TrustServerCertificate=yes" in out
+    assert "[warn] sql server TLS: Encrypt=no" in out
+    assert "[fail] database: cannot reach the database" in out and "u:p@" not in out
+
+
 # -- mistakes refused at enqueue ----------------------------------------------------------------
 
 def test_a_typo_in_a_declared_class_is_refused_with_a_suggestion(queue: Queue) -> None:
