@@ -56,6 +56,8 @@ CLAIM_HINT = "WITH (ROWLOCK, READPAST, UPDLOCK)"
 PURGEABLE = ("succeeded", "failed", "cancelled")
 # Requests deleted per purge transaction: small enough that claims never wait long behind it.
 PURGE_BATCH = 500
+# Longest pause between purge batches (each pause lasts as long as the batch took, up to this).
+PURGE_PAUSE_MAX = 0.2
 # outbox.priority is an INT on SQL Server.
 PRIORITY_MIN, PRIORITY_MAX = -(2**31), 2**31 - 1
 
@@ -694,6 +696,7 @@ class Queue:
         old = self._purgeable(older_than_seconds, statuses)
         total = 0
         while True:
+            started = time.monotonic()
             with self.engine.begin() as conn:
                 ids = conn.execute(_purge_statements(old, [], batch)["purge_pick"]
                                    ).scalars().all()
@@ -704,6 +707,9 @@ class Queue:
                 total += conn.execute(stmts["purge_requests"]).rowcount
             if len(ids) < batch:
                 return total
+            # Let waiting writers in between batches: SQLite's busy handler polls, so a
+            # purge that took the lock straight back would starve the workers' claims.
+            time.sleep(min(PURGE_PAUSE_MAX, time.monotonic() - started))
 
     def purge_counts(self, older_than_seconds: float,
                      statuses: Sequence[str] = PURGEABLE) -> dict[str, int]:
