@@ -687,12 +687,14 @@ class Queue:
         raise InvalidState(f"request {params['b_id']} is {status}; {rule}")
 
     def purge(self, older_than_seconds: float, statuses: Sequence[str] = PURGEABLE, *,
-              batch: int = PURGE_BATCH) -> int:
+              batch: int = PURGE_BATCH, max_batches: int | None = None) -> int:
         """Delete finished requests (and their attempt rows) older than the given age.
 
         In batches of at most ``batch`` requests, each its own short transaction (attempt rows
         first, then the requests by id), so a purge of millions never holds locks that stall
-        the workers' claims, and an interrupted purge leaves no orphaned attempts."""
+        the workers' claims, and an interrupted purge leaves no orphaned attempts.
+        ``max_batches``: stop after that many (the worker's retention purges a little per
+        tick, so its loop never stops for long)."""
         old = self._purgeable(older_than_seconds, statuses)
         total = 0
         while True:
@@ -707,6 +709,10 @@ class Queue:
                 total += conn.execute(stmts["purge_requests"]).rowcount
             if len(ids) < batch:
                 return total
+            if max_batches is not None:
+                max_batches -= 1
+                if max_batches <= 0:
+                    return total
             # Let waiting writers in between batches: SQLite's busy handler polls, so a
             # purge that took the lock straight back would starve the workers' claims.
             time.sleep(min(PURGE_PAUSE_MAX, time.monotonic() - started))

@@ -37,7 +37,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from . import attempt, logs, sync
 from .config import Settings
 from .db import make_engine
-from .queue import Claimed, Completion, Queue, is_data_error
+from .queue import PURGE_BATCH, Claimed, Completion, Queue, is_data_error
 
 log = logging.getLogger("sqlbridge.worker")
 T = TypeVar("T")
@@ -261,8 +261,11 @@ class Worker:
         age = self.settings.worker.retention
         if age is None or now < self._next_retention:
             return
-        self._next_retention = now + RETENTION_EVERY
-        purged = self._db("retention purge", lambda: self.queue.purge(age))
+        # One batch per tick keeps the loop (claims, results, lease renewals) moving; while
+        # a full batch came back there is more, so the next tick comes soon.
+        purged = self._db("retention purge", lambda: self.queue.purge(age, max_batches=1))
+        self._next_retention = now + (1.0 if purged and purged >= PURGE_BATCH
+                                      else RETENTION_EVERY)
         if purged:
             log.info("retention: purged %d finished requests older than %gs", purged, age)
 

@@ -127,6 +127,27 @@ def test_retention_in_the_worker_purges_old_finished_requests(settings: Settings
         assert c.execute(select(outbox.c.id)).scalars().all() == [keep.id]
 
 
+@pytest.mark.sqlite_only
+def test_retention_purges_one_batch_per_tick_so_the_worker_loop_keeps_moving(
+        settings: Settings, queue: Queue) -> None:
+    from sqlbridge.queue import PURGE_BATCH
+    from sqlbridge.worker import RETENTION_EVERY
+
+    with queue.engine.begin() as c:
+        c.execute(outbox.insert(), [{"operation": "chat.getchatchannels", "params": "{}"}
+                                    for _ in range(2 * PURGE_BATCH + 7)])
+    age_rows(queue.engine, seconds=40 * 86400)
+    on = dataclasses.replace(settings, worker=dataclasses.replace(settings.worker,
+                                                                  retention=30 * 86400))
+    w = Worker(on, queue.engine, call=lambda *a: None, schedules=False)
+    left = []
+    for now in (0.0, 0.5, 1.0, 2.0, 3.0):
+        w._retention(now)
+        left.append(counts(queue.engine)[0])
+    assert left == [PURGE_BATCH + 7, PURGE_BATCH + 7, 7, 0, 0]
+    assert w._next_retention == 2.0 + RETENTION_EVERY
+
+
 def test_retention_setting_needs_a_unit(tmp_path: Path) -> None:
     cfg = tmp_path / "s.toml"
     cfg.write_text('[worker]\nretention = "30d"\n')
