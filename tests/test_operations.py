@@ -483,3 +483,34 @@ def test_a_new_schedule_runs_at_once_as_docs_sync_md_says(queue: Queue) -> None:
     assert sync.run_due(queue, "w") == 1
     doc = (Path(sync.__file__).parent.parent / "docs" / "sync.md").read_text(encoding="utf-8")
     assert "created at 10:02 runs at once" in doc
+
+
+def test_the_worker_command_logs_json_lines_without_secrets(sandbox: Sandbox,
+                                                             tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from sqlbridge.sandbox.server import SANDBOX_AFILNET_PASSWORD, SANDBOX_AFILNET_USER
+
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    install(make_engine(url))
+    q = Queue(make_engine(url))
+    ok = q.enqueue("chat.getchatchannels").id
+    bad = q.enqueue("chat.getchats", {"platform": "telegram", "platformid": "999"}).id
+    env = {**os.environ, "SQLBRIDGE_AFILNET_URL": sandbox.afilnet_post_url,
+           "SQLBRIDGE_AFILNET_USER": SANDBOX_AFILNET_USER,
+           "SQLBRIDGE_AFILNET_PASSWORD": SANDBOX_AFILNET_PASSWORD}
+    env.pop("SQLBRIDGE_CONFIG", None)
+    proc = subprocess.run([sys.executable, "-m", "sqlbridge", "worker", "--once",
+                           "--log-format", "JSON", "--database-url", url],
+                          capture_output=True, text=True, timeout=120, env=env,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in proc.stderr.splitlines()]
+    attempts = {r["request_id"]: r for r in records if "request_id" in r}
+    assert attempts[ok]["outcome"] == "succeeded" and attempts[ok]["level"] == "INFO"
+    assert attempts[bad]["outcome"] == "failed" and attempts[bad]["operation"] == "chat.getchats"
+    stop = [r["message"] for r in records if " stopped: " in r["message"]]
+    assert stop and "2 claimed, 1 succeeded, 1 failed" in stop[0]
+    assert SANDBOX_AFILNET_PASSWORD not in proc.stderr + proc.stdout
