@@ -39,6 +39,7 @@ from .cli_support import (  # noqa: F401 - EXIT_* and parse helpers are part of 
     common,
 )
 from .commands import demo, doctor, sandbox
+from .queue import PURGE_BATCH, PURGEABLE
 from .schedule_cli import schedule, sync, take
 
 
@@ -204,14 +205,13 @@ def parse_age(text: str) -> float:
 @click.option("--dry-run", is_flag=True, help="Count what would be deleted, by status.")
 @click.option("--yes", "-y", "yes", is_flag=True,
               help="Do not ask (needed when not on a terminal).")
-@click.option("--batch", type=click.IntRange(1, 100_000), default=500, show_default=True,
+@click.option("--batch", type=click.IntRange(1, 100_000), default=PURGE_BATCH,
+              show_default=True,
               help="Requests deleted per transaction.")
 @common
 def purge(ctx: Context, older_than: str, statuses: tuple[str, ...], dry_run: bool, yes: bool,
           batch: int) -> None:
     """Delete finished requests older than an age, with their attempt rows."""
-    from .queue import PURGEABLE
-
     age = parse_age(older_than)
     wanted = statuses or PURGEABLE
     counts = ctx.queue.purge_counts(age, wanted)

@@ -228,6 +228,13 @@ def test_sync_waits_for_its_whole_tree_while_a_worker_runs_alongside(
             outbox.c.status.in_(("queued", "processing")))).scalar_one() == 0
 
 
+def test_sync_timeout_exits_6_and_leaves_the_run_to_the_workers(db_url: str,
+                                                                 queue: Queue) -> None:
+    code, out, _ = run("sync", "--timeout", "0.001", "--database-url", db_url)
+    assert code == 6 and "stopped waiting (1 still in flight)" in out
+    assert queue.summary()["by_status"] == {"queued": 1}
+
+
 # -- the first contact with a database ---------------------------------------------------------
 
 @pytest.mark.parametrize("command", [["status"], ["show", "1"], ["enqueue", "chat.getchats"],
