@@ -34,16 +34,13 @@ EXIT_INVALID = 4  # parameters refused
 EXIT_NOT_FOUND = 5  # no such request, or a transition its status does not allow
 EXIT_TIMEOUT = 6  # --wait gave up before the request finished
 EXIT_DATABASE = 7  # the database could not be reached
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), after saying what was already done
 EXIT_CODES = {
     "ok": EXIT_OK, "not succeeded": EXIT_NOT_SUCCEEDED, "usage": EXIT_USAGE,
     "configuration": EXIT_CONFIG, "invalid parameters": EXIT_INVALID,
     "not found / wrong state": EXIT_NOT_FOUND, "wait timed out": EXIT_TIMEOUT,
-    "database unreachable": EXIT_DATABASE,
+    "database unreachable": EXIT_DATABASE, "interrupted": EXIT_INTERRUPTED,
 }
-
-
-EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), after saying what was already done
-EXIT_CODES["interrupted"] = EXIT_INTERRUPTED
 
 
 class Context:

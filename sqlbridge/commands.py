@@ -6,14 +6,12 @@ import sys
 from typing import Any
 
 import click
-from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 from .cli_support import EXIT_CONFIG, Context, common
 from .config import Account
 from .db import make_engine
 from .errors import SqlbridgeError
-from .schema import schema_version
 
 
 @click.command()
@@ -157,17 +155,9 @@ def _driver_checks(url: Any) -> list[tuple[str, str, str]]:
 
 
 def _schema_version_check(engine: Any) -> tuple[str, str, str]:
-    from . import install as installer
+    from .install import pending
 
-    with engine.connect() as conn:
-        if engine.dialect.name == "sqlite":
-            recorded = conn.execute(select(schema_version.c.checksum).where(
-                schema_version.c.version == installer.SQLITE_VERSION)).scalar()
-            current = recorded == installer._sqlite_ddl_checksum(engine)
-            todo = [] if current else [installer.SQLITE_VERSION]
-        else:
-            todo = [n for n, _ in installer.plan(installer._applied(conn),
-                                                 installer.is_babelfish(conn))]
+    todo = pending(engine)
     if todo:
         return ("fail", "schema version", f"{', '.join(todo)} not applied: run sqlbridge "
                 "install (upgrades in place)")

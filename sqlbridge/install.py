@@ -200,6 +200,18 @@ def install(engine: Engine, directory: Path = SQL_DIR,
     return done
 
 
+def pending(engine: Engine) -> list[str]:
+    """What ``install`` would apply now (empty: the schema is at this version). Read only;
+    ``doctor`` reports it."""
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            recorded = conn.execute(select(schema_version.c.checksum).where(
+                schema_version.c.version == SQLITE_VERSION)).scalar()
+            stale = recorded != _sqlite_ddl_checksum(engine) or _outbox_reuses_ids(conn)
+            return [SQLITE_VERSION] if stale else []
+        return [name for name, _ in plan(_applied(conn), is_babelfish(conn))]
+
+
 def _sqlite_ddl_checksum(engine: Engine) -> str:
     ddl = [str(CreateTable(t).compile(dialect=engine.dialect)) for t in metadata.sorted_tables]
     ddl += [str(CreateIndex(i).compile(dialect=engine.dialect))

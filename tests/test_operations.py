@@ -185,7 +185,11 @@ def test_an_old_sqlite_outbox_is_upgraded_keeping_rows_and_never_reusing_ids(
         c.execute(outbox_attempt.insert().values(request_id=ids[-1], attempt=1,
                                                  started_at=func.datetime("now"),
                                                  outcome="succeeded"))
+    from sqlbridge.install import pending
+
+    assert pending(eng) == ["sqlite:metadata"]  # doctor: "run sqlbridge install"
     install(eng)
+    assert pending(eng) == []
     with eng.connect() as c:
         ddl = c.exec_driver_sql("SELECT sql FROM sqlite_master WHERE name = 'outbox'").scalar()
         assert "AUTOINCREMENT" in ddl
