@@ -214,6 +214,46 @@ def test_sync_sends_nothing_but_its_own_run_and_counts_exactly(live: Settings, s
     assert queue.get(other.id)["status"] == "queued"  # never sent by the sync
 
 
+def test_sync_waits_while_another_worker_holds_part_of_its_run(
+        live: Settings, sandbox: Sandbox, queue: Queue, providers: object) -> None:
+    import functools
+
+    from sqlbridge import attempt, inbox
+
+    sandbox.state.populate(channels=1, chats_per_channel=2, messages_per_chat=1)
+    sid = sync.add_schedule(queue.engine, "held", sync.CHAT_SYNC, {}, 86400, enabled=False)
+    root = queue.enqueue("chat.getchatchannels", {}, schedule_id=sid)
+    (held,) = queue.claim("another-worker", 1, 60)  # another worker is sending the root
+    runner = threading.Thread(target=sync._drive_run, args=(queue, live, root.id, sid),
+                              kwargs={"progress": None, "poll": 0.02, "deadline": None})
+    runner.start()
+    runner.join(1.0)
+    assert runner.is_alive()  # it cannot be done: its root is still in flight elsewhere
+    done = attempt.run(held, settings=live, call=providers.call,  # type: ignore[attr-defined]
+                       worker="another-worker",
+                       followups=functools.partial(sync.followups, queue.engine))
+    queue.finish([done], inbox.write)
+    runner.join(120)
+    assert not runner.is_alive()
+    with queue.engine.connect() as c:
+        assert sync._tree_state(c, root.id) == {"succeeded": 1 + 1 + 2}
+
+
+@pytest.mark.sqlite_only
+def test_two_syncs_at_once_each_count_exactly_their_own_run(live: Settings, sandbox: Sandbox,
+                                                             queue: Queue) -> None:
+    sandbox.state.populate(channels=2, chats_per_channel=4, messages_per_chat=2)
+    results: list[sync.SyncSummary] = []
+    threads = [threading.Thread(target=lambda: results.append(
+        sync.sync_now(live, queue.engine))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert [r.requests for r in results] == [{"succeeded": 1 + 2 + 8}] * 2
+    assert len({r.root_id for r in results}) == 2
+
+
 @pytest.mark.sqlite_only
 def test_sync_waits_for_its_whole_tree_while_a_worker_runs_alongside(
         live: Settings, sandbox: Sandbox, queue: Queue) -> None:
