@@ -51,7 +51,7 @@ def _first_line(exc: BaseException) -> str:
 _CONFIG_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"can't open lib|IM002|data source name not found|file not found.*SQLDriver"
                 r"|driver.*not (?:found|installed)", re.IGNORECASE),
-     "the ODBC driver named in {url} is not installed: install unixODBC and a driver "
+     "the ODBC driver or DSN named in {url} cannot be found: install unixODBC and a driver "
      "(apt-get install unixodbc tdsodbc for ?driver=FreeTDS, or Microsoft's msodbcsql18 for "
      "?driver=ODBC+Driver+18+for+SQL+Server) or fix the driver= / DSN in the URL "
      "(installed drivers: {drivers})"),

@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from . import attempt, logs, sync
+from . import attempt, dbcheck, logs, sync
 from .config import Settings
 from .db import make_engine
 from .queue import PURGE_BATCH, Claimed, Completion, Queue, is_data_error
@@ -162,7 +162,7 @@ class Worker:
                 if not retryable:
                     raise
                 log.warning("database unavailable during %s (%s); retrying in %.1fs", what,
-                            type(exc.orig).__name__, pause)
+                            dbcheck.classify(exc, self.engine.url), pause)
             if self._stop.is_set():
                 if not must_finish:
                     return None
