@@ -336,7 +336,7 @@ def test_a_closed_port_is_an_outage_not_a_mistake() -> None:
 @pytest.mark.parametrize("message, kind", [
     ("[28000] [FreeTDS][SQL Server]Login failed for user 'x'. (18456)", "refused the login"),
     ("[42000] Cannot open database \"nope\" requested by the login. (4060)", "does not exist"),
-    ("[IM002] Data source name not found and no default driver specified", "not installed"),
+    ("[IM002] Data source name not found and no default driver specified", "cannot be found"),
 ])
 def test_login_and_database_mistakes_are_configuration_errors(message: str, kind: str) -> None:
     from sqlalchemy.exc import DBAPIError
