@@ -91,7 +91,7 @@ def enqueue(ctx: Context, operation: str, param: tuple[str, ...], json_text: str
     Exit 0 when queued (or, with --wait, when it succeeded); see README for other codes.
     """
     params = _parse_param(param, json_text)
-    check_account(ctx, account)
+    check_account(ctx, account, operation, params)
     result = ctx.queue.enqueue(operation, params, account=account,
                                priority=priority, request_key=request_key,
                                correlation=correlation, max_attempts=max_attempts)

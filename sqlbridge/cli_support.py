@@ -124,10 +124,13 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(orig).split())[:300]
 
 
-def check_account(ctx: Context, account: str) -> None:
-    """With a configuration file, an account it does not define is refused at enqueue (the
-    worker would fail the request later with UNKNOWN_ACCOUNT). Without one, the CLI cannot
-    know the worker's accounts, so it does not judge."""
+def check_account(ctx: Context, account: str, operation: str | None = None,
+                  params: dict[str, Any] | None = None) -> None:
+    """With a configuration file, refuse at enqueue what the worker would refuse later and
+    this process can already see: an account the file does not define (``UNKNOWN_ACCOUNT``),
+    and an ``http.request`` URL the account's allowlist does not allow (``HOST_NOT_ALLOWED``;
+    the worker still checks the resolved address). Without a file the CLI cannot know the
+    worker's settings, so it does not judge."""
     if ctx.settings.config_path is None:
         return
     if account not in ctx.settings.accounts:
@@ -135,6 +138,14 @@ def check_account(ctx: Context, account: str) -> None:
         raise ValidationError(f"account '{account[:100]}' is not configured in "
                               f"{ctx.settings.config_path}; configured accounts: {known}",
                               code="UNKNOWN_ACCOUNT", param="account")
+    if operation == "http.request" and isinstance((params or {}).get("url"), str):
+        from .errors import ProviderError
+        from .providers.http import allowlisted
+
+        try:
+            allowlisted(str((params or {})["url"]), ctx.settings.accounts[account])
+        except ProviderError as exc:  # the worker's own words, before anything is queued
+            raise ValidationError(str(exc), code=exc.code, param="url") from None
 
 
 def printable(text: str) -> str:

@@ -42,7 +42,7 @@ def add(ctx: Context, name: str, operation: str, param: tuple[str, ...], json_te
         interval: str, account: str, disabled: bool, max_children: int) -> None:
     """Create or update schedule NAME running OPERATION (or sync.chats)."""
     params: dict[str, Any] = _parse_param(param, json_text)
-    check_account(ctx, account)
+    check_account(ctx, account, operation, params)
     sid = sync_mod.add_schedule(ctx.engine, name, operation, params, interval, account=account,
                                 enabled=not disabled, max_children=max_children)
     click.echo(f"schedule {name} (id {sid}) saved")

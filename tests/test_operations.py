@@ -416,6 +416,21 @@ def test_unknown_accounts_and_loose_booleans_are_refused_at_enqueue(tmp_path: Pa
     assert run("enqueue", "chat.getchatchannels", *base)[0] == 0
 
 
+def test_a_host_outside_the_allowlist_is_refused_at_enqueue(tmp_path: Path, db_url: str,
+                                                            engine: Engine) -> None:
+    cfg = tmp_path / "s.toml"
+    cfg.write_text('[accounts.default.http]\nallowed_hosts = ["api.example.com"]\n')
+    base = ["--config", str(cfg), "--database-url", db_url]
+    code, _, err = run("enqueue", "http.request", "-p", "url=https://evil.example.net/x",
+                       *base)
+    assert code == 4 and "HOST_NOT_ALLOWED" in err and "https://api.example.com" in err
+    code, _, err = run("schedule", "add", "s", "http.request", "-p",
+                       "url=http://api.example.com/", *base)  # plain http: not allowed
+    assert code == 4 and "HOST_NOT_ALLOWED" in err
+    assert run("enqueue", "http.request", "-p", "url=https://api.example.com/x", *base)[0] == 0
+    assert Queue(engine).summary()["by_status"] == {"queued": 1}
+
+
 # -- operators see what happens -----------------------------------------------------------------
 
 def test_one_log_line_per_attempt_with_its_fields_and_no_secret(

@@ -27,7 +27,7 @@ from typing import Any
 import requests
 from requests.structures import CaseInsensitiveDict
 
-from ..allowlist import Target, UrlRefused, find_entry, parse_target
+from ..allowlist import Entry, Target, UrlRefused, find_entry, parse_target
 from ..config import Account
 from ..errors import ProviderError, TransientError
 from ..redact import scrub
@@ -66,19 +66,28 @@ def target_of(url: str) -> Target:
                             code="INCORRECT_URL") from None
 
 
-def host_allowed(url: str, account: Account) -> Pin:
-    """Where to connect for ``url``: its target and the checked address, if the account's
-    allowlist allows both; else INCORRECT_URL or HOST_NOT_ALLOWED, before anything is sent."""
+def allowlisted(url: str, account: Account) -> tuple[Target, Entry]:
+    """The target of ``url`` and the account's allowlist entry that allows it; else
+    INCORRECT_URL or HOST_NOT_ALLOWED. No I/O: the CLI asks this at enqueue too."""
     target = target_of(url)
     s = account.http
-    setting = f"accounts.{account.name}.http.allowed_hosts"
     entry = find_entry(target, s.allowed_hosts)
     if entry is None:
+        setting = f"accounts.{account.name}.http.allowed_hosts"
         allowed = ", ".join(str(e) for e in s.allowed_hosts) or "none"
         raise ProviderError(
             f"http.request: host '{target.host}' ({target.origin}) is not allowed for account "
             f"'{account.name}'; add '{target.origin}' to {setting} (allowed now: {allowed})",
             code="HOST_NOT_ALLOWED")
+    return target, entry
+
+
+def host_allowed(url: str, account: Account) -> Pin:
+    """Where to connect for ``url``: its target and the checked address, if the account's
+    allowlist allows both; else INCORRECT_URL or HOST_NOT_ALLOWED, before anything is sent."""
+    target, entry = allowlisted(url, account)
+    s = account.http
+    setting = f"accounts.{account.name}.http.allowed_hosts"
     if s.proxy and target.ip is None:
         # The proxy resolves the name and connects; the allowlist has been applied.
         return Pin(target, None)
