@@ -39,7 +39,7 @@ from .cli_support import (  # noqa: F401 - EXIT_* and parse helpers are part of 
     common,
 )
 from .commands import demo, doctor, sandbox
-from .queue import PURGE_BATCH, PURGEABLE
+from .queue import PURGE_BATCH, PURGE_BATCH_MAX, PURGEABLE
 from .schedule_cli import schedule, sync, take
 
 
@@ -205,7 +205,7 @@ def parse_age(text: str) -> float:
 @click.option("--dry-run", is_flag=True, help="Count what would be deleted, by status.")
 @click.option("--yes", "-y", "yes", is_flag=True,
               help="Do not ask (needed when not on a terminal).")
-@click.option("--batch", type=click.IntRange(1, 100_000), default=PURGE_BATCH,
+@click.option("--batch", type=click.IntRange(1, PURGE_BATCH_MAX), default=PURGE_BATCH,
               show_default=True,
               help="Requests deleted per transaction.")
 @common

@@ -56,6 +56,8 @@ CLAIM_HINT = "WITH (ROWLOCK, READPAST, UPDLOCK)"
 PURGEABLE = ("succeeded", "failed", "cancelled")
 # Requests deleted per purge transaction: small enough that claims never wait long behind it.
 PURGE_BATCH = 500
+# The ids of a batch travel as parameters: SQL Server takes at most 2,100 per statement.
+PURGE_BATCH_MAX = 2000
 # Longest pause between purge batches (each pause lasts as long as the batch took, up to this).
 PURGE_PAUSE_MAX = 0.2
 # outbox.priority is an INT on SQL Server.
@@ -696,6 +698,7 @@ class Queue:
         ``max_batches``: stop after that many (the worker's retention purges a little per
         tick, so its loop never stops for long)."""
         old = self._purgeable(older_than_seconds, statuses)
+        batch = max(1, min(int(batch), PURGE_BATCH_MAX))
         total = 0
         while True:
             started = time.monotonic()
