@@ -3,7 +3,7 @@
 Fills a SQLite outbox with N finished requests (each with one attempt row), then purges them
 while a second thread keeps claiming freshly queued requests, and reports how long the purge
 took and how long the claims had to wait: once in bounded batches (the default, 500 requests
-per transaction) and once as a single transaction (``--batch N``: what purge did before). The
+per transaction) and once as a single transaction (what purge did before). The
 claim waits are the point: a purge must never stall the workers.
 
 Usage: .venv/bin/python scripts/bench_purge.py [--requests 100000]
@@ -18,11 +18,11 @@ import threading
 import time
 from pathlib import Path
 
-from sqlalchemy import func, insert, literal, select, update
+from sqlalchemy import delete, func, insert, literal, select, update
 
 from sqlbridge.db import make_engine
 from sqlbridge.install import install
-from sqlbridge.queue import PURGE_BATCH, Queue
+from sqlbridge.queue import PURGE_BATCH, PURGEABLE, Queue
 from sqlbridge.schema import outbox, outbox_attempt
 
 
@@ -35,6 +35,15 @@ def fill(queue: Queue, n: int) -> None:
         c.execute(insert(outbox_attempt).from_select(
             ["request_id", "attempt", "started_at", "outcome"],
             select(outbox.c.id, literal(1), func.datetime("now"), literal("succeeded"))))
+
+
+def purge_at_once(queue: Queue) -> int:
+    """What purge did before batches: two DELETEs in one transaction."""
+    old = Queue._purgeable(30 * 86400, PURGEABLE)
+    with queue.engine.begin() as c:
+        c.execute(delete(outbox_attempt).where(
+            outbox_attempt.c.request_id.in_(select(outbox.c.id).where(old))))
+        return c.execute(delete(outbox).where(old)).rowcount
 
 
 def run(n: int, batch: int, directory: Path) -> None:
@@ -57,13 +66,14 @@ def run(n: int, batch: int, directory: Path) -> None:
     t = threading.Thread(target=claimer)
     t.start()
     t0 = time.perf_counter()
-    purged = queue.purge(30 * 86400, batch=batch)
+    purged = queue.purge(30 * 86400, batch=batch) if batch else purge_at_once(queue)
     seconds = time.perf_counter() - t0
     done.set()
     t.join()
     waits.sort()
     p99 = waits[int(len(waits) * 0.99) - 1] if waits else 0.0
-    print(f"batch {batch:>7}: purged {purged} requests (+ attempts) in {seconds:.2f}s "
+    how = f"batches of {batch}" if batch else "one transaction"
+    print(f"{how:>17}: purged {purged} requests (+ attempts) in {seconds:.2f}s "
           f"({purged / seconds:,.0f}/s); enqueue+claim meanwhile: {len(waits)}, median "
           f"{statistics.median(waits) * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, "
           f"max {waits[-1] * 1000:.1f} ms")
@@ -75,7 +85,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=100_000)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        for batch in (PURGE_BATCH, args.requests):
+        for batch in (PURGE_BATCH, 0):
             run(args.requests, batch, Path(tmp))
 
 
