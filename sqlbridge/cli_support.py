@@ -100,12 +100,6 @@ def common(fn: Callable[..., Any] | None = None, *,
             _fail(exc, EXIT_NOT_FOUND)
         except DatabaseUnavailable as exc:
             _fail(exc, EXIT_DATABASE)
-        except UnicodeEncodeError:
-            # Text no database can store (a lone surrogate from a JSON escape): the input's
-            # fault, reported as such whichever option carried it.
-            click.echo("error: the input holds text that is not valid Unicode (a lone "
-                       "surrogate such as \\ud800); only valid UTF-8 text is accepted", err=True)
-            sys.exit(EXIT_USAGE)
         except SqlbridgeError as exc:
             _fail(exc, EXIT_NOT_SUCCEEDED)
         except DBAPIError as exc:
