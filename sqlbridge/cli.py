@@ -39,6 +39,7 @@ from .cli_support import (  # noqa: F401 - EXIT_* and parse helpers are part of 
     common,
 )
 from .commands import demo, doctor, sandbox
+from .operator_cli import cancel, list_command, metrics_options, retry, start_metrics, status
 from .queue import PURGE_BATCH, PURGE_BATCH_MAX, PURGEABLE
 from .schedule_cli import schedule, sync, take
 
@@ -148,45 +149,6 @@ def show(ctx: Context, request_id: int, as_json: bool) -> None:
     _show_row(ctx.queue.get(request_id, with_attempts=True), as_json)
 
 
-@main.command()
-@click.option("--json", "as_json", is_flag=True)
-@common
-def status(ctx: Context, as_json: bool) -> None:
-    """Counts by status and operation, oldest queued age, recent failures."""
-    s = ctx.queue.summary()
-    if as_json:
-        _print_json(s)
-        return
-    if not s["by_operation"]:
-        click.echo("the outbox is empty")
-        return
-    click.echo(_table(s["by_operation"], ["operation", "status", "count"]))
-    totals = ", ".join(f"{k} {v}" for k, v in sorted(s["by_status"].items()))
-    click.echo(f"\ntotal: {totals}")
-    age = s["oldest_queued_seconds"]
-    click.echo("oldest queued: " + ("none" if age is None else f"{age:.1f}s ago"))
-    if s["recent_failures"]:
-        click.echo("\nrecent failures:")
-        click.echo(_table(s["recent_failures"], ["id", "operation", "status", "error_code",
-                                                 "error_message"]))
-
-
-@main.command()
-@click.argument("request_id", type=REQUEST_ID)
-@common
-def retry(ctx: Context, request_id: int) -> None:
-    """Queue a failed, uncertain or cancelled request again."""
-    ctx.queue.retry(request_id)
-    click.echo(f"request {request_id} queued again")
-
-
-@main.command()
-@click.argument("request_id", type=REQUEST_ID)
-@common
-def cancel(ctx: Context, request_id: int) -> None:
-    """Cancel a queued request."""
-    ctx.queue.cancel(request_id)
-    click.echo(f"request {request_id} cancelled")
 
 
 def parse_age(text: str) -> float:
@@ -249,10 +211,11 @@ def purge(ctx: Context, older_than: str, statuses: tuple[str, ...], dry_run: boo
 @click.option("--log-format", default="text", show_default=True,
               type=click.Choice(["text", "json"], case_sensitive=False),
               help="json: one JSON object per line, same fields.")
+@metrics_options
 @common
 def worker(ctx: Context, once: bool, concurrency: int | None, batch: int | None,
            poll_interval: float | None, lease: float | None, no_schedules: bool,
-           grace: float, log_level: str, log_format: str) -> None:
+           grace: float, log_level: str, log_format: str, **metrics_opts: Any) -> None:
     """Send queued requests until stopped (SIGTERM/SIGINT stop it cleanly; a second one
     exits at once)."""
     from . import logs
@@ -271,6 +234,7 @@ def worker(ctx: Context, once: bool, concurrency: int | None, batch: int | None,
     w = Worker(ctx.settings, engine, concurrency=concurrency, batch=batch,
                poll_interval=poll_interval, lease_seconds=lease, schedules=not no_schedules,
                grace=grace)
+    start_metrics(w, **metrics_opts)  # --metrics-port: /metrics, /healthz, /readyz
 
     def _stop(signum: int, _frame: Any) -> None:
         if w.stopping:
@@ -296,5 +260,6 @@ def worker(ctx: Context, once: bool, concurrency: int | None, batch: int | None,
 
 
 # Commands kept in their own modules (they share cli_support with this one).
-for _command in (sandbox, demo, doctor, schedule, sync, take):
+for _command in (sandbox, demo, doctor, schedule, sync, take, status, list_command, retry,
+                 cancel):
     main.add_command(_command)

@@ -164,6 +164,22 @@ def _schema_version_check(engine: Any) -> tuple[str, str, str]:
     return ("ok", "schema version", "up to date")
 
 
+# Beyond this, attempt rows (stamped by the worker host) and outbox rows (stamped by the
+# database) disagree enough to mislead a person reading them side by side.
+CLOCK_SKEW_WARN_SECONDS = 2.0
+
+
+def _clock_check(engine: Any) -> tuple[str, str, str]:
+    from .health import clock_skew
+
+    skew = clock_skew(engine)
+    state = "warn" if abs(skew) > CLOCK_SKEW_WARN_SECONDS else "ok"
+    note = (" (leases and retries use the database's clock, so the queue is unaffected; "
+            "fix NTP so that log and attempt times agree with the tables)" if state == "warn"
+            else "")
+    return state, "clock", f"database clock is {skew:+.2f} s from this host's{note}"
+
+
 @click.command()
 @common(need_schema=False)
 def doctor(ctx: Context) -> None:
@@ -187,6 +203,7 @@ def doctor(ctx: Context) -> None:
         checks.append(("ok", "database", safe_url(engine.url)))
         checks.append(("ok", "schema", "installed"))
         checks.append(_schema_version_check(engine))
+        checks.append(_clock_check(engine))
     except SqlbridgeError as exc:
         checks.append(("fail", "database", str(exc)))
     except Exception as exc:  # noqa: BLE001 - doctor reports, it does not crash

@@ -21,7 +21,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -173,6 +173,11 @@ def _claim_statement(limit: int, scope: Any = None) -> Any:
     )
 
 
+def _adopt_statement() -> Any:
+    return select(*_CLAIM_COLUMNS).where(outbox.c.lease_token == bindparam("token"),
+                                         outbox.c.status == "processing")
+
+
 def _finish_statement() -> Any:
     terminal = bindparam("terminal")
     return (
@@ -296,6 +301,26 @@ def _attempt_statement() -> Any:
     return insert(outbox_attempt)
 
 
+def _outcome(c: Completion) -> str:
+    """The attempt row's outcome for a completion that was written."""
+    return "retry" if c.status == "queued" else c.status
+
+
+def _recorded(conn: Connection, c: Completion) -> str | None:
+    """The outcome of this completion's own attempt row, if a commit already wrote it.
+
+    (request, attempt number, worker) names one attempt: the claim increments the number
+    and the worker id is unique per process. ``lost_lease`` rows written by lease recovery
+    carry the lost worker's id too; either way the attempt is already on record."""
+    found = conn.execute(
+        select(outbox_attempt.c.outcome).where(
+            outbox_attempt.c.request_id == c.id, outbox_attempt.c.attempt == c.attempt,
+            outbox_attempt.c.worker == c.worker,
+            outbox_attempt.c.outcome.in_((_outcome(c), "lost_lease")))
+        .order_by(outbox_attempt.c.id.desc()).limit(1)).scalar()
+    return found
+
+
 def mssql_statements() -> dict[str, str]:
     """The statements the worker sends to SQL Server, as SQL Server will see them.
 
@@ -305,6 +330,7 @@ def mssql_statements() -> dict[str, str]:
     dialect = mssql.dialect()
     statements = {
         "claim": _claim_statement(10),
+        "adopt": _adopt_statement(),
         "finish": _finish_statement(),
         "renew": _renew_statement(),
         "release": _release_statement(),
@@ -336,22 +362,36 @@ def _purge_statements(old: Any, ids: Sequence[int], batch: int) -> dict[str, Any
     }
 
 
+# The operator transitions: which statuses each may leave, and what it writes. Used by the
+# single-request statements below, the bulk actions (sqlbridge.operator_actions) and the T-SQL
+# procedures generated from them.
+CANCELLABLE = ("queued",)
+RETRYABLE = ("failed", "uncertain", "cancelled")
+
+
+def cancel_changes(message: Any) -> dict[str, Any]:
+    return {"status": "cancelled", "finished_at": utcnow(), "error_code": "CANCELLED",
+            "error_message": message}
+
+
+def retry_changes() -> dict[str, Any]:
+    return {"status": "queued", "attempts": 0, "available_at": utcnow(), "finished_at": None,
+            "error_code": None, "error_message": None, "http_status": None}
+
+
 def _cancel_statement() -> Any:
     return (
         update(outbox)
-        .where(outbox.c.id == bindparam("b_id"), outbox.c.status == "queued")
-        .values(status="cancelled", finished_at=utcnow(), error_code="CANCELLED",
-                error_message=bindparam("b_message"))
+        .where(outbox.c.id == bindparam("b_id"), outbox.c.status.in_(CANCELLABLE))
+        .values(**cancel_changes(bindparam("b_message")))
     )
 
 
 def _retry_statement() -> Any:
     return (
         update(outbox)
-        .where(outbox.c.id == bindparam("b_id"),
-               outbox.c.status.in_(("failed", "uncertain", "cancelled")))
-        .values(status="queued", attempts=0, available_at=utcnow(), finished_at=None,
-                error_code=None, error_message=None, http_status=None)
+        .where(outbox.c.id == bindparam("b_id"), outbox.c.status.in_(RETRYABLE))
+        .values(**retry_changes())
     )
 
 
@@ -464,30 +504,51 @@ class Queue:
     # -- the worker's statements ---------------------------------------------------------------
 
     def claim(self, worker: str, limit: int, lease_seconds: float,
-              scope: Any = None) -> list[Claimed]:
-        """Claim up to ``limit`` due rows (``scope``: an extra condition, for ``sqlbridge
-        sync``). A claim that fails on a row's content (a poison row) isolates that row
-        (``isolate_unreadable``) and claims again, so one unreadable row never stops the
-        queue."""
+              scope: Any = None, *, token: str | None = None,
+              adopt: bool = False) -> list[Claimed]:
+        """Claim up to ``limit`` due rows under one lease token, new unless given
+        (``scope``: an extra condition, for ``sqlbridge sync``). A claim that fails on a row's
+        content (a poison row) isolates that row (``isolate_unreadable``) and claims again, so
+        one unreadable row never stops the queue. ``adopt``: first take back the rows already
+        claimed under ``token`` (see ``repeatable_claim``)."""
         if limit <= 0:
             return []
+        token = token or uuid.uuid4().hex
         try:
-            return self._claim(worker, limit, lease_seconds, scope)
+            return self._claim(worker, limit, lease_seconds, scope, token, adopt)
         except Exception as exc:
             if not is_data_error(exc) or not self.isolate_unreadable(limit):
                 raise
-        return self._claim(worker, limit, lease_seconds, scope)
+        return self._claim(worker, limit, lease_seconds, scope, token, adopt)
 
-    def _claim(self, worker: str, limit: int, lease_seconds: float,
-               scope: Any = None) -> list[Claimed]:
-        token = uuid.uuid4().hex
+    def _claim(self, worker: str, limit: int, lease_seconds: float, scope: Any, token: str,
+               adopt: bool) -> list[Claimed]:
         with self.engine.begin() as conn:
-            rows = conn.execute(_claim_statement(limit, scope),
-                                {"worker": worker, "lease": float(lease_seconds),
-                                 "token": token}).all()
+            rows = conn.execute(_adopt_statement(), {"token": token}).all() if adopt else []
+            if limit > len(rows):
+                rows += conn.execute(_claim_statement(limit - len(rows), scope),
+                                     {"worker": worker, "lease": float(lease_seconds),
+                                      "token": token}).all()
         claimed = [Claimed(**row._mapping) for row in rows]
         claimed.sort(key=lambda c: (-c.priority, c.id))
         return claimed
+
+    def repeatable_claim(self, worker: str, limit: int,
+                         lease_seconds: float) -> Callable[[], list[Claimed]]:
+        """A claim for a retry loop. When the connection drops around the claim's commit, the
+        worker cannot know whether the rows became its own; a repeat of this callable reuses
+        the lease token, so it takes back whatever the first commit claimed (never sent, so
+        not a second send) before claiming more, instead of leaving those rows to lease
+        recovery, which would have to call the sends among them ``uncertain``."""
+        token = uuid.uuid4().hex
+        calls = 0
+
+        def run() -> list[Claimed]:
+            nonlocal calls
+            calls += 1
+            return self.claim(worker, limit, lease_seconds, token=token, adopt=calls > 1)
+
+        return run
 
     def renew(self, token: str, lease_seconds: float) -> int:
         with self.engine.begin() as conn:
@@ -505,10 +566,18 @@ class Queue:
     def finish(self, completions: Sequence[Completion],
                inbox_writer: Any = None) -> list[int]:
         """Write a batch of outcomes in one transaction; return the ids whose lease had been
-        lost (their outcome is recorded only as an attempt row)."""
+        lost (their outcome is recorded only as an attempt row).
+
+        Safe to call again with the same batch when the first call's outcome is unknown (the
+        connection dropped around the commit): each row's update is fenced by the lease token,
+        which the first commit cleared, so a repeat cannot write a row twice, enqueue a child
+        twice or move a row that another worker has claimed since; and a completion whose own
+        attempt row is already there was written by that first commit, so it is skipped, not
+        mistaken for a lost lease."""
         if not completions:
             return []
         fenced: list[int] = []
+        repeated: set[int] = set()
         stmt = _finish_statement()
         with self.engine.begin() as conn:
             for c in completions:
@@ -521,7 +590,11 @@ class Queue:
                     "b_retry_in": float(c.retry_in or 0),
                 }).rowcount
                 if not matched:
-                    fenced.append(c.id)
+                    already = _recorded(conn, c)
+                    if already is not None:
+                        repeated.add(c.id)
+                    if already != _outcome(c):
+                        fenced.append(c.id)
                     continue
                 if c.inbox is not None and inbox_writer is not None:
                     lands_in, account, params, records = c.inbox
@@ -535,17 +608,18 @@ class Queue:
                         # the parent's result.
                         log.warning("request %d: follow-up %s not queued: %s", c.id,
                                     child.get("operation"), exc)
-            conn.execute(_attempt_statement(), [
+            attempt_rows = [
                 {
                     "request_id": c.id, "attempt": c.attempt, "started_at": c.started_at,
                     "duration_ms": c.duration_ms, "http_status": c.http_status,
-                    "outcome": "lost_lease" if c.id in fenced else
-                    ("retry" if c.status == "queued" else c.status),
+                    "outcome": "lost_lease" if c.id in fenced else _outcome(c),
                     "error_code": c.error_code, "error_message": c.error_message,
                     "worker": c.worker,
                 }
-                for c in completions
-            ])
+                for c in completions if c.id not in repeated
+            ]
+            if attempt_rows:  # an empty list would run one INSERT with no values
+                conn.execute(_attempt_statement(), attempt_rows)
         return fenced
 
     def recover_expired(self) -> dict[str, int]:

@@ -291,6 +291,28 @@ sync_schedule = Table(
     CheckConstraint("interval_seconds > 0", name="ck_sync_schedule_interval"),
 )
 
+# Bulk operator actions (sqlbridge retry/cancel with filters, sqlbridge.retry_requests /
+# cancel_requests): who did what to how many requests. Added after 001_schema.sql was released,
+# so its T-SQL is a versioned script of its own (``info["script"]``, see tsql.schema_script):
+# an applied 001 never changes.
+operator_action = Table(
+    "operator_action",
+    metadata,
+    _id(),
+    Column("action", Unicode(20), nullable=False),
+    Column("actor", Unicode(200), nullable=False),
+    # cli or tsql
+    Column("via", Unicode(20), nullable=False),
+    # The filter as JSON, as given (statuses, operations, times...).
+    Column("criteria", LongText, nullable=False),
+    _now("requested_at"),
+    # Set when the action completed; NULL with matched NULL: it stopped part-way.
+    Column("finished_at", Timestamp, nullable=True),
+    Column("matched", Integer, nullable=True),
+    Index("ix_operator_action_requested", "requested_at"),
+    info={"script": "002_operator_action.sql"},
+)
+
 schema_version = Table(
     "schema_version",
     metadata,

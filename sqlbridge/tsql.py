@@ -17,6 +17,7 @@ import re
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.dialects import mssql
 from sqlalchemy.schema import CreateIndex, CreateTable
@@ -81,15 +82,46 @@ def _message_sql(code: str, got: str | None = None, sql: Mapping[str, str] | Non
 
 # -- schema -------------------------------------------------------------------------------------
 
+FIRST_SCRIPT = "001_schema.sql"
+
+
+def table_script_name(table: Any) -> str:
+    """The versioned script that creates ``table``: 001 for the first tables, then the one its
+    metadata names (``info["script"]``), so adding a table never changes an applied script."""
+    return str(table.info.get("script", FIRST_SCRIPT))
+
+
 def schema_script() -> str:
-    dialect = mssql.dialect()
     out = [HEADER, "-- Versioned: applied once. Change the metadata, then add a new numbered script;\n"
            "-- install refuses to run if this file changes after it was applied.\n"
            "-- outbox.provider has no default (a DEFAULT cannot read another column): rows that\n"
            "-- callers INSERT directly keep it NULL and the worker derives it from the operation.\n",
            "SET NOCOUNT ON;", GO,
            f"IF SCHEMA_ID(N'{SCHEMA}') IS NULL EXEC (N'CREATE SCHEMA {SCHEMA}');", GO]
+    out += _tables_ddl(FIRST_SCRIPT)
+    return "\n".join(out) + "\n"
+
+
+def added_tables_script(name: str) -> str:
+    """A later versioned script: the tables whose metadata names it, guarded like 001."""
+    out = [HEADER, f"-- Versioned: applied once, after {FIRST_SCRIPT}. A table added to the "
+           "metadata after a\n-- release goes into a new numbered script, so installs that "
+           "applied the earlier ones\n-- accept the upgrade.\n", "SET NOCOUNT ON;", GO]
+    out += _tables_ddl(name)
+    return "\n".join(out) + "\n"
+
+
+def added_table_scripts() -> dict[str, str]:
+    names = sorted({table_script_name(t) for t in metadata.sorted_tables} - {FIRST_SCRIPT})
+    return {name: added_tables_script(name) for name in names}
+
+
+def _tables_ddl(script: str) -> list[str]:
+    dialect = mssql.dialect()
+    out: list[str] = []
     for table in metadata.sorted_tables:
+        if table_script_name(table) != script:
+            continue
         ddl = _tidy(str(CreateTable(table).compile(dialect=dialect)))
         out.append(f"IF OBJECT_ID(N'{SCHEMA}.{table.name}', N'U') IS NULL\nBEGIN\n{ddl};\nEND;")
         out.append(GO)
@@ -98,7 +130,7 @@ def schema_script() -> str:
             out.append(f"IF NOT EXISTS (SELECT 1 FROM sys.indexes WHERE name = N'{index.name}' "
                        f"AND object_id = OBJECT_ID(N'{SCHEMA}.{table.name}'))\n    {ddl};")
             out.append(GO)
-    return "\n".join(out) + "\n"
+    return out
 
 
 def _tidy(ddl: str) -> str:
@@ -439,8 +471,117 @@ def procedures_script() -> str:
              "100_roles.sql (the roles\n-- it grants to) and the engine script "
              "(sqlbridge.sleep_ms).\n"]
     parts += generic_procedures()
+    parts += bulk_procedures()
     parts += [endpoint_procedure(op) for op in registry.OPERATIONS.values()]
     return "\n".join(parts)
+
+
+# -- bulk operator actions (sqlbridge.operator_actions, from T-SQL) -------------------------------
+
+BULK_FILTERS = (
+    # (parameter, type, condition on the outbox row)
+    ("@status", "NVARCHAR(20)", "status = @status"),
+    ("@operation", "NVARCHAR(100)", "operation = LOWER(LTRIM(RTRIM(@operation)))"),
+    ("@account", "NVARCHAR(100)", "account = @account"),
+    ("@correlation", "NVARCHAR(400)", "correlation = @correlation"),
+    ("@error_code", "NVARCHAR(100)", "error_code = @error_code"),
+    ("@created_after", "DATETIME2(3)", "created_at >= @created_after"),
+    ("@created_before", "DATETIME2(3)", "created_at < @created_before"),
+    ("@finished_after", "DATETIME2(3)", "finished_at >= @finished_after"),
+    ("@finished_before", "DATETIME2(3)", "finished_at < @finished_before"),
+)
+
+
+def _set_clause(changes: Mapping[str, Any]) -> str:
+    """queue.retry_changes()/cancel_changes() as T-SQL, so both paths write the same."""
+    from sqlalchemy import literal
+
+    dialect = mssql.dialect()
+    out = []
+    for column, value in changes.items():
+        if value is None:
+            sql = "NULL"
+        else:
+            expr = value if hasattr(value, "compile") else literal(
+                value, type_=metadata.tables[f"{SCHEMA}.outbox"].c[column].type)
+            sql = str(expr.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+        out.append(f"{column} = {sql}")
+    return ", ".join(out)
+
+
+def bulk_procedure(action: str) -> str:
+    from . import operator_actions as oa
+    from . import queue as q
+
+    n = ERROR_NUMBERS
+    allowed = oa.ACTIONS[action]
+    allowed_sql = ", ".join(lit(st) for st in allowed)
+    guard = f"status IN ({allowed_sql})"
+    changes = (q.retry_changes() if action == "retry"
+               else q.cancel_changes(oa.BULK_CANCEL_MESSAGE))
+    where = "\n        ".join(f"AND ({p} IS NULL OR {cond})" for p, _, cond in BULK_FILTERS)
+    none_given = " AND ".join(f"{p} IS NULL" for p, _, _ in BULK_FILTERS)
+    keys = {p: lit(f',"{p[1:]}":"') for p, _, _ in BULK_FILTERS}
+    members = ",\n            ".join(
+        f"CASE WHEN {p} IS NOT NULL THEN CONCAT({keys[p]}, "
+        f"STRING_ESCAPE(CONVERT(NVARCHAR(400), {p}, 121), 'json'), N'\"') END"
+        for p, _, _ in BULK_FILTERS)
+    name = f"{action}_requests"
+    body = f"""    -- The same action as `sqlbridge {action}` with filters (sqlbridge.operator_actions):
+    -- the set as it stands now (ids up to the largest one), changed {oa.CHUNK} rows per statement
+    -- so the workers' claims are never blocked for long, recorded in sqlbridge.operator_action.
+    IF {none_given} AND COALESCE(@all, 0) = 0
+        THROW {n["INVALID_ARGUMENT"]}, N'{name}: give at least one filter (@status, @operation, @account, @correlation, @error_code, @created_after, @created_before, @finished_after, @finished_before), or @all = 1', 1;
+    IF @status IS NOT NULL AND @status NOT IN ({allowed_sql})
+        THROW {n["INVALID_ARGUMENT"]}, N'{name}: @status must be one of {", ".join(allowed)}', 1;
+    DECLARE @max_id BIGINT = (SELECT MAX(id) FROM {SCHEMA}.outbox);
+    SET @matched = 0;
+    IF COALESCE(@dry_run, 0) = 1
+    BEGIN
+        SELECT @matched = COUNT(*) FROM {SCHEMA}.outbox
+        WHERE id <= @max_id AND {guard}
+        {where};
+        RETURN 0;
+    END;
+    DECLARE @criteria NVARCHAR(MAX) = CONCAT(CAST(N'{{' AS NVARCHAR(MAX)), STUFF(CONCAT(CAST(N'' AS NVARCHAR(MAX)),
+            {members}), 1, 1, N''), N'}}');
+    IF @criteria = N'{{}}' SET @criteria = N'{{"all":true}}';
+    INSERT INTO {SCHEMA}.operator_action (action, actor, via, criteria)
+    VALUES ({lit(action)}, ORIGINAL_LOGIN(), N'tsql', @criteria);
+    DECLARE @action_id BIGINT = CAST(SCOPE_IDENTITY() AS BIGINT);
+    DECLARE @chunk INT = 1;
+    WHILE @chunk > 0
+    BEGIN
+        UPDATE {SCHEMA}.outbox SET {_set_clause(changes)}
+        WHERE {guard} AND id IN (SELECT TOP ({oa.CHUNK}) id FROM {SCHEMA}.outbox
+            WHERE id <= @max_id AND {guard}
+            {where}
+            ORDER BY id);
+        SET @chunk = @@ROWCOUNT;
+        SET @matched = @matched + @chunk;
+    END;
+    UPDATE {SCHEMA}.operator_action SET finished_at = SYSUTCDATETIME(), matched = @matched
+    WHERE id = @action_id;"""
+    params = [(p, f"{t} = NULL") for p, t, _ in BULK_FILTERS] + [
+        ("@all", "BIT = 0"), ("@dry_run", "BIT = 0"), ("@matched", "INT = NULL OUTPUT")]
+    what = ("Queue again every failed, uncertain or cancelled request" if action == "retry"
+            else "Cancel every queued request")
+    return (f"-- {what} that matches the filters (NULL: any); @dry_run = 1 only counts.\n"
+            + _procedure(name, params, body, (OPERATOR,)))
+
+
+def bulk_procedures() -> list[str]:
+    return [bulk_procedure("retry"), bulk_procedure("cancel")]
+
+
+def _queue_health_sql() -> str:
+    """sqlbridge.monitoring's query, compiled for SQL Server: one definition for both."""
+    from .monitoring import queue_health_select
+
+    sql = str(queue_health_select().compile(dialect=mssql.dialect(),
+                                            compile_kwargs={"literal_binds": True}))
+    sql = sql.replace(f"{SCHEMA}.outbox.", "")  # bare column names read better in a view
+    return "\n".join(line.rstrip() for line in sql.splitlines())
 
 
 VIEWS = {
@@ -459,6 +600,8 @@ WHERE status IN (N'failed', N'uncertain') AND finished_at >= DATEADD(day, -7, SY
     # In flight, but the worker stopped renewing its lease (lease recovery will take them).
     "stuck_leases": f"""SELECT id, operation, locked_by, locked_until, attempts, started_at
 FROM {SCHEMA}.outbox WHERE status = N'processing' AND locked_until < SYSUTCDATETIME()""",
+    # The figures to alert on, per operation (sqlbridge.monitoring; status --json prints the same).
+    "queue_health": _queue_health_sql(),
     # Results for callers: the request without its params, with the response.
     "request_results": f"""SELECT id, request_key, account, provider, operation, status, attempts,
     http_status, response, error_code, error_message, correlation, created_at, finished_at
@@ -482,7 +625,8 @@ ROLES = {
     CALLER: "enqueue (endpoint procedures, enqueue, afilnet_call, "
             "invoke_external_rest_endpoint), wait_for, cancel, take_messages; read the views "
             "and the inbox tables",
-    OPERATOR: "everything sqlbridge_caller may, plus retry, schedule_sync and unschedule_sync",
+    OPERATOR: "everything sqlbridge_caller may, plus retry, retry_requests, cancel_requests, "
+              "schedule_sync and unschedule_sync, and read operator_action",
     WORKER: "the worker's login: read and write the sqlbridge tables, nothing else",
 }
 # What the worker's statements touch (sqlbridge.queue, inbox, sync, messages, the CLI's purge).
@@ -491,6 +635,8 @@ WORKER_GRANTS = {
     "outbox_attempt": "SELECT, INSERT, DELETE",
     "sync_schedule": "SELECT, INSERT, UPDATE, DELETE",
     "schema_version": "SELECT",
+    # The CLI's bulk retry/cancel records its audit row (usually run with the worker's login).
+    "operator_action": "SELECT, INSERT, UPDATE",
     **{t.name: "SELECT, INSERT, UPDATE" for t in INBOX_TABLES},
 }
 
@@ -511,6 +657,10 @@ def roles_script() -> str:
     out.append("-- Callers read what the worker fetched.")
     out += [f"GRANT SELECT ON {SCHEMA}.{t.name} TO {role};"
             for t in INBOX_TABLES for role in (CALLER, OPERATOR)]
+    out.append(GO)
+    out.append("-- Operators read the audit of bulk actions (written by retry_requests / "
+               "cancel_requests).")
+    out.append(f"GRANT SELECT ON {SCHEMA}.operator_action TO {OPERATOR};")
     out.append(GO)
     out.append("-- The worker reads and writes tables: no EXECUTE, no DDL, no server permission.")
     out += [f"GRANT {perms} ON {SCHEMA}.{t} TO {WORKER};" for t, perms in WORKER_GRANTS.items()]
@@ -546,6 +696,7 @@ def scripts() -> dict[str, str]:
     (only one of the two engine scripts is applied)."""
     return {
         "001_schema.sql": schema_script(),
+        **added_table_scripts(),
         "engine/sqlserver.sql": HEADER + ENGINE_HEADER + ENGINE_SCRIPTS["sqlserver"],
         "engine/babelfish.sql": HEADER + ENGINE_HEADER + ENGINE_SCRIPTS["babelfish"],
         "100_roles.sql": roles_script(),

@@ -34,15 +34,15 @@ from typing import Any, TypeVar
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from . import attempt, dbcheck, logs, sync
+from . import attempt, dbcheck, dberrors, logs, sync
 from .config import Settings
 from .db import make_engine
+from .health import Observer
 from .queue import PURGE_BATCH, Claimed, Completion, Queue, is_data_error
 
 log = logging.getLogger("sqlbridge.worker")
 T = TypeVar("T")
 
-# SQL Server: 1205 deadlock victim, 1222 lock timeout; both mean "run the statement again".
 # Longest a finished result waits in memory before it is written.
 FLUSH_INTERVAL = 0.1
 # With --once, a queued row due within this many seconds (a retry's backoff) is waited for.
@@ -51,7 +51,6 @@ ONCE_HORIZON = 30.0
 DEFAULT_GRACE = 30.0
 # [worker] retention runs at start and then this often (seconds).
 RETENTION_EVERY = 3600.0
-_RETRYABLE_DB_CODES = ("1205", "1222", "40001", "database is locked")
 
 
 @dataclass
@@ -87,9 +86,11 @@ class Worker:
                  worker_id: str | None = None, concurrency: int | None = None,
                  batch: int | None = None, poll_interval: float | None = None,
                  lease_seconds: float | None = None, call: attempt.Caller | None = None,
-                 schedules: bool = True, grace: float = DEFAULT_GRACE) -> None:
+                 schedules: bool = True, grace: float = DEFAULT_GRACE,
+                 observer: Observer | None = None) -> None:
         self.settings = settings
         self.grace = max(0.0, grace)
+        self.observer = observer or Observer()  # metrics and health (sqlbridge.health)
         self.engine = engine or make_engine(settings.database_url)
         self.queue = Queue(self.engine, settings)
         w = settings.worker
@@ -141,12 +142,22 @@ class Worker:
         a row's content (``is_data_error``) is not an outage: running the same statement again
         would fail the same way forever, so it is logged and skipped (returns None), unless
         ``skip_data_errors`` is off (the caller handles it).
+
+        Which database errors are outages is decided in one place, ``dberrors.classify``; any
+        other error is raised. Running ``fn`` again after a dropped connection is safe even
+        when the first run's commit may have landed: every statement the worker repeats is
+        fenced by the state it expects (finish, renew, release: the lease token; recovery: an
+        expired lease; claim: ``status='queued'``), so a repeat matches nothing it already
+        changed; ``Queue.finish`` recognises its own earlier attempt rows, and a repeated claim
+        takes back the rows its lost commit claimed (``Queue.repeatable_claim``).
         """
         pause = 0.2
         deadline: float | None = None
         while True:
             try:
-                return fn()
+                result = fn()
+                self.observer.db_ok()
+                return result
             except Exception as exc:
                 if is_data_error(exc):
                     if not skip_data_errors:
@@ -157,12 +168,14 @@ class Worker:
                 if not isinstance(exc, OperationalError | DBAPIError):
                     raise
                 self.stats.db_errors += 1
-                retryable = exc.connection_invalidated or isinstance(exc, OperationalError) or \
-                    any(code in str(exc.orig) for code in _RETRYABLE_DB_CODES)
-                if not retryable:
+                error = dberrors.classify(exc)
+                self.observer.db_error(error)
+                if not error.transient:
+                    log.error("database error during %s is not an outage, stopping: %s", what,
+                              str(exc.orig).splitlines()[0][:300])
                     raise
-                log.warning("database unavailable during %s (%s); retrying in %.1fs", what,
-                            dbcheck.classify(exc, self.engine.url), pause)
+                log.warning("database unavailable during %s (%s: %s); retrying in %.1fs", what,
+                            error, dbcheck.classify(exc, self.engine.url), pause)
             if self._stop.is_set():
                 if not must_finish:
                     return None
@@ -199,11 +212,13 @@ class Worker:
                  self.batch)
         try:
             while not self._stop.is_set():
+                self.observer.loop(len(inflight))
                 now = time.monotonic()
                 if max_seconds is not None and now - started >= max_seconds:
                     break
                 if now >= next_recovery:
                     recovered = self._db("lease recovery", self.queue.recover_expired) or {}
+                    self.observer.recovered(recovered)
                     for k, v in recovered.items():
                         self.stats.recovered[k] = self.stats.recovered.get(k, 0) + v
                     next_recovery = now + max(1.0, self.lease / 4)
@@ -217,8 +232,10 @@ class Worker:
                 # Claim in batches: refill when half the slots are free (or all are idle),
                 # not one row per finished call, so each claim statement carries many rows.
                 if free > 0 and (not inflight or free >= max(1, self.concurrency // 2)):
-                    claims = self._db("claim", functools.partial(
-                        self.queue.claim, self.id, min(free, self.batch), self.lease)) or []
+                    t0 = time.monotonic()
+                    claims = self._db("claim", self.queue.repeatable_claim(
+                        self.id, min(free, self.batch), self.lease)) or []
+                    self.observer.claimed(claims, time.monotonic() - t0)
                 for c in claims:
                     tokens.setdefault(c.lease_token, now)
                     inflight[pool.submit(attempt.run, c, settings=self.settings, call=call,
@@ -280,6 +297,7 @@ class Worker:
         if fenced is None:
             return
         logs.attempts_written(done, fenced)
+        self.observer.finished(done, fenced)
         for c in done:
             if c.id in fenced:
                 self.stats.fenced += 1

@@ -219,9 +219,14 @@ def indexes_in_script(text: str) -> set[tuple[str, str, bool, tuple[str, ...], s
             for unique, name, table, cols, where in found}
 
 
+def table_scripts_text() -> str:
+    """001_schema.sql and every later versioned table script, as one text."""
+    return "".join(p.read_text(encoding="utf-8") for p in sorted(SQL.glob("0*.sql")))
+
+
 def test_the_table_script_matches_the_metadata_column_for_column() -> None:
     dialect = mssql.dialect()
-    text = (SQL / "001_schema.sql").read_text(encoding="utf-8")
+    text = table_scripts_text()
     in_script = tables_in_script(text)
     assert set(in_script) == {t.name for t in metadata.sorted_tables}
     for table in metadata.sorted_tables:
@@ -264,7 +269,7 @@ def test_a_hand_edit_of_the_table_script_is_caught() -> None:
 
 
 def test_every_table_and_index_is_guarded_so_the_script_can_run_again() -> None:
-    text = (SQL / "001_schema.sql").read_text(encoding="utf-8")
+    text = table_scripts_text()
     for table in metadata.sorted_tables:
         assert (f"IF OBJECT_ID(N'sqlbridge.{table.name}', N'U') IS NULL\nBEGIN\n"
                 f"CREATE TABLE sqlbridge.{table.name} (") in text
@@ -458,7 +463,9 @@ def test_roles_grant_exactly_what_the_contract_says() -> None:
     assert g[tsql.CALLER] == ({("EXECUTE", p) for p in caller_procs}
                               | {("SELECT", o) for o in readable})
     assert g[tsql.OPERATOR] == g[tsql.CALLER] | {("EXECUTE", p) for p in
-                                                 ("retry", "schedule_sync", "unschedule_sync")}
+                                                 ("retry", "schedule_sync", "unschedule_sync",
+                                                  "retry_requests", "cancel_requests")} | {
+        ("SELECT", "operator_action")}
     worker = g[tsql.WORKER]
     assert {perm for perm, _ in worker} <= {"SELECT", "INSERT", "UPDATE", "DELETE"}
     assert {obj for _, obj in worker} <= {t.name for t in metadata.sorted_tables}

@@ -11,7 +11,7 @@
 
 -- sqlbridge_caller: enqueue (endpoint procedures, enqueue, afilnet_call, invoke_external_rest_endpoint), wait_for, cancel, take_messages; read the views and the inbox tables
 IF DATABASE_PRINCIPAL_ID(N'sqlbridge_caller') IS NULL EXEC (N'CREATE ROLE sqlbridge_caller');
--- sqlbridge_operator: everything sqlbridge_caller may, plus retry, schedule_sync and unschedule_sync
+-- sqlbridge_operator: everything sqlbridge_caller may, plus retry, retry_requests, cancel_requests, schedule_sync and unschedule_sync, and read operator_action
 IF DATABASE_PRINCIPAL_ID(N'sqlbridge_operator') IS NULL EXEC (N'CREATE ROLE sqlbridge_operator');
 -- sqlbridge_worker: the worker's login: read and write the sqlbridge tables, nothing else
 IF DATABASE_PRINCIPAL_ID(N'sqlbridge_worker') IS NULL EXEC (N'CREATE ROLE sqlbridge_worker');
@@ -34,11 +34,15 @@ GRANT SELECT ON sqlbridge.anna_alert_counter TO sqlbridge_operator;
 GRANT SELECT ON sqlbridge.anna_user_hash TO sqlbridge_caller;
 GRANT SELECT ON sqlbridge.anna_user_hash TO sqlbridge_operator;
 GO
+-- Operators read the audit of bulk actions (written by retry_requests / cancel_requests).
+GRANT SELECT ON sqlbridge.operator_action TO sqlbridge_operator;
+GO
 -- The worker reads and writes tables: no EXECUTE, no DDL, no server permission.
 GRANT SELECT, INSERT, UPDATE, DELETE ON sqlbridge.outbox TO sqlbridge_worker;
 GRANT SELECT, INSERT, DELETE ON sqlbridge.outbox_attempt TO sqlbridge_worker;
 GRANT SELECT, INSERT, UPDATE, DELETE ON sqlbridge.sync_schedule TO sqlbridge_worker;
 GRANT SELECT ON sqlbridge.schema_version TO sqlbridge_worker;
+GRANT SELECT, INSERT, UPDATE ON sqlbridge.operator_action TO sqlbridge_worker;
 GRANT SELECT, INSERT, UPDATE ON sqlbridge.chat_channel TO sqlbridge_worker;
 GRANT SELECT, INSERT, UPDATE ON sqlbridge.chat TO sqlbridge_worker;
 GRANT SELECT, INSERT, UPDATE ON sqlbridge.chat_message TO sqlbridge_worker;

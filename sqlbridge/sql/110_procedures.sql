@@ -298,6 +298,178 @@ GRANT EXECUTE ON sqlbridge.take_messages TO sqlbridge_caller;
 GRANT EXECUTE ON sqlbridge.take_messages TO sqlbridge_operator;
 GO
 
+-- Queue again every failed, uncertain or cancelled request that matches the filters (NULL: any); @dry_run = 1 only counts.
+IF OBJECT_ID(N'sqlbridge.retry_requests', N'P') IS NULL
+    EXEC (N'CREATE PROCEDURE sqlbridge.retry_requests AS RETURN 0');
+GO
+ALTER PROCEDURE sqlbridge.retry_requests
+    @status NVARCHAR(20) = NULL,
+    @operation NVARCHAR(100) = NULL,
+    @account NVARCHAR(100) = NULL,
+    @correlation NVARCHAR(400) = NULL,
+    @error_code NVARCHAR(100) = NULL,
+    @created_after DATETIME2(3) = NULL,
+    @created_before DATETIME2(3) = NULL,
+    @finished_after DATETIME2(3) = NULL,
+    @finished_before DATETIME2(3) = NULL,
+    @all BIT = 0,
+    @dry_run BIT = 0,
+    @matched INT = NULL OUTPUT
+AS
+BEGIN
+    SET NOCOUNT ON;
+    SET XACT_ABORT ON;
+    DECLARE @msg NVARCHAR(2048);
+    -- The same action as `sqlbridge retry` with filters (sqlbridge.operator_actions):
+    -- the set as it stands now (ids up to the largest one), changed 500 rows per statement
+    -- so the workers' claims are never blocked for long, recorded in sqlbridge.operator_action.
+    IF @status IS NULL AND @operation IS NULL AND @account IS NULL AND @correlation IS NULL AND @error_code IS NULL AND @created_after IS NULL AND @created_before IS NULL AND @finished_after IS NULL AND @finished_before IS NULL AND COALESCE(@all, 0) = 0
+        THROW 51012, N'retry_requests: give at least one filter (@status, @operation, @account, @correlation, @error_code, @created_after, @created_before, @finished_after, @finished_before), or @all = 1', 1;
+    IF @status IS NOT NULL AND @status NOT IN (N'failed', N'uncertain', N'cancelled')
+        THROW 51012, N'retry_requests: @status must be one of failed, uncertain, cancelled', 1;
+    DECLARE @max_id BIGINT = (SELECT MAX(id) FROM sqlbridge.outbox);
+    SET @matched = 0;
+    IF COALESCE(@dry_run, 0) = 1
+    BEGIN
+        SELECT @matched = COUNT(*) FROM sqlbridge.outbox
+        WHERE id <= @max_id AND status IN (N'failed', N'uncertain', N'cancelled')
+        AND (@status IS NULL OR status = @status)
+        AND (@operation IS NULL OR operation = LOWER(LTRIM(RTRIM(@operation))))
+        AND (@account IS NULL OR account = @account)
+        AND (@correlation IS NULL OR correlation = @correlation)
+        AND (@error_code IS NULL OR error_code = @error_code)
+        AND (@created_after IS NULL OR created_at >= @created_after)
+        AND (@created_before IS NULL OR created_at < @created_before)
+        AND (@finished_after IS NULL OR finished_at >= @finished_after)
+        AND (@finished_before IS NULL OR finished_at < @finished_before);
+        RETURN 0;
+    END;
+    DECLARE @criteria NVARCHAR(MAX) = CONCAT(CAST(N'{' AS NVARCHAR(MAX)), STUFF(CONCAT(CAST(N'' AS NVARCHAR(MAX)),
+            CASE WHEN @status IS NOT NULL THEN CONCAT(N',"status":"', STRING_ESCAPE(CONVERT(NVARCHAR(400), @status, 121), 'json'), N'"') END,
+            CASE WHEN @operation IS NOT NULL THEN CONCAT(N',"operation":"', STRING_ESCAPE(CONVERT(NVARCHAR(400), @operation, 121), 'json'), N'"') END,
+            CASE WHEN @account IS NOT NULL THEN CONCAT(N',"account":"', STRING_ESCAPE(CONVERT(NVARCHAR(400), @account, 121), 'json'), N'"') END,
+            CASE WHEN @correlation IS NOT NULL THEN CONCAT(N',"correlation":"', STRING_ESCAPE(CONVERT(NVARCHAR(400), @correlation, 121), 'json'), N'"') END,
+            CASE WHEN @error_code IS NOT NULL THEN CONCAT(N',"error_code":"', STRING_ESCAPE(CONVERT(NVARCHAR(400), @error_code, 121), 'json'), N'"') END,
+            CASE WHEN @created_after IS NOT NULL THEN CONCAT(N',"created_after":"', STRING_ESCAPE(CONVERT(NVARCHAR(400), @created_after, 121), 'json'), N'"') END,
+            CASE WHEN @created_before IS NOT NULL THEN CONCAT(N',"created_before":"', STRING_ESCAPE(CONVERT(NVARCHAR(400), @created_before, 121), 'json'), N'"') END,
+            CASE WHEN @finished_after IS NOT NULL THEN CONCAT(N',"finished_after":"', STRING_ESCAPE(CONVERT(NVARCHAR(400), @finished_after, 121), 'json'), N'"') END,
+            CASE WHEN @finished_before IS NOT NULL THEN CONCAT(N',"finished_before":"', STRING_ESCAPE(CONVERT(NVARCHAR(400), @finished_before, 121), 'json'), N'"') END), 1, 1, N''), N'}');
+    IF @criteria = N'{}' SET @criteria = N'{"all":true}';
+    INSERT INTO sqlbridge.operator_action (action, actor, via, criteria)
+    VALUES (N'retry', ORIGINAL_LOGIN(), N'tsql', @criteria);
+    DECLARE @action_id BIGINT = CAST(SCOPE_IDENTITY() AS BIGINT);
+    DECLARE @chunk INT = 1;
+    WHILE @chunk > 0
+    BEGIN
+        UPDATE sqlbridge.outbox SET status = N'queued', attempts = 0, available_at = SYSUTCDATETIME(), finished_at = NULL, error_code = NULL, error_message = NULL, http_status = NULL
+        WHERE status IN (N'failed', N'uncertain', N'cancelled') AND id IN (SELECT TOP (500) id FROM sqlbridge.outbox
+            WHERE id <= @max_id AND status IN (N'failed', N'uncertain', N'cancelled')
+            AND (@status IS NULL OR status = @status)
+        AND (@operation IS NULL OR operation = LOWER(LTRIM(RTRIM(@operation))))
+        AND (@account IS NULL OR account = @account)
+        AND (@correlation IS NULL OR correlation = @correlation)
+        AND (@error_code IS NULL OR error_code = @error_code)
+        AND (@created_after IS NULL OR created_at >= @created_after)
+        AND (@created_before IS NULL OR created_at < @created_before)
+        AND (@finished_after IS NULL OR finished_at >= @finished_after)
+        AND (@finished_before IS NULL OR finished_at < @finished_before)
+            ORDER BY id);
+        SET @chunk = @@ROWCOUNT;
+        SET @matched = @matched + @chunk;
+    END;
+    UPDATE sqlbridge.operator_action SET finished_at = SYSUTCDATETIME(), matched = @matched
+    WHERE id = @action_id;
+END;
+GO
+GRANT EXECUTE ON sqlbridge.retry_requests TO sqlbridge_operator;
+GO
+
+-- Cancel every queued request that matches the filters (NULL: any); @dry_run = 1 only counts.
+IF OBJECT_ID(N'sqlbridge.cancel_requests', N'P') IS NULL
+    EXEC (N'CREATE PROCEDURE sqlbridge.cancel_requests AS RETURN 0');
+GO
+ALTER PROCEDURE sqlbridge.cancel_requests
+    @status NVARCHAR(20) = NULL,
+    @operation NVARCHAR(100) = NULL,
+    @account NVARCHAR(100) = NULL,
+    @correlation NVARCHAR(400) = NULL,
+    @error_code NVARCHAR(100) = NULL,
+    @created_after DATETIME2(3) = NULL,
+    @created_before DATETIME2(3) = NULL,
+    @finished_after DATETIME2(3) = NULL,
+    @finished_before DATETIME2(3) = NULL,
+    @all BIT = 0,
+    @dry_run BIT = 0,
+    @matched INT = NULL OUTPUT
+AS
+BEGIN
+    SET NOCOUNT ON;
+    SET XACT_ABORT ON;
+    DECLARE @msg NVARCHAR(2048);
+    -- The same action as `sqlbridge cancel` with filters (sqlbridge.operator_actions):
+    -- the set as it stands now (ids up to the largest one), changed 500 rows per statement
+    -- so the workers' claims are never blocked for long, recorded in sqlbridge.operator_action.
+    IF @status IS NULL AND @operation IS NULL AND @account IS NULL AND @correlation IS NULL AND @error_code IS NULL AND @created_after IS NULL AND @created_before IS NULL AND @finished_after IS NULL AND @finished_before IS NULL AND COALESCE(@all, 0) = 0
+        THROW 51012, N'cancel_requests: give at least one filter (@status, @operation, @account, @correlation, @error_code, @created_after, @created_before, @finished_after, @finished_before), or @all = 1', 1;
+    IF @status IS NOT NULL AND @status NOT IN (N'queued')
+        THROW 51012, N'cancel_requests: @status must be one of queued', 1;
+    DECLARE @max_id BIGINT = (SELECT MAX(id) FROM sqlbridge.outbox);
+    SET @matched = 0;
+    IF COALESCE(@dry_run, 0) = 1
+    BEGIN
+        SELECT @matched = COUNT(*) FROM sqlbridge.outbox
+        WHERE id <= @max_id AND status IN (N'queued')
+        AND (@status IS NULL OR status = @status)
+        AND (@operation IS NULL OR operation = LOWER(LTRIM(RTRIM(@operation))))
+        AND (@account IS NULL OR account = @account)
+        AND (@correlation IS NULL OR correlation = @correlation)
+        AND (@error_code IS NULL OR error_code = @error_code)
+        AND (@created_after IS NULL OR created_at >= @created_after)
+        AND (@created_before IS NULL OR created_at < @created_before)
+        AND (@finished_after IS NULL OR finished_at >= @finished_after)
+        AND (@finished_before IS NULL OR finished_at < @finished_before);
+        RETURN 0;
+    END;
+    DECLARE @criteria NVARCHAR(MAX) = CONCAT(CAST(N'{' AS NVARCHAR(MAX)), STUFF(CONCAT(CAST(N'' AS NVARCHAR(MAX)),
+            CASE WHEN @status IS NOT NULL THEN CONCAT(N',"status":"', STRING_ESCAPE(CONVERT(NVARCHAR(400), @status, 121), 'json'), N'"') END,
+            CASE WHEN @operation IS NOT NULL THEN CONCAT(N',"operation":"', STRING_ESCAPE(CONVERT(NVARCHAR(400), @operation, 121), 'json'), N'"') END,
+            CASE WHEN @account IS NOT NULL THEN CONCAT(N',"account":"', STRING_ESCAPE(CONVERT(NVARCHAR(400), @account, 121), 'json'), N'"') END,
+            CASE WHEN @correlation IS NOT NULL THEN CONCAT(N',"correlation":"', STRING_ESCAPE(CONVERT(NVARCHAR(400), @correlation, 121), 'json'), N'"') END,
+            CASE WHEN @error_code IS NOT NULL THEN CONCAT(N',"error_code":"', STRING_ESCAPE(CONVERT(NVARCHAR(400), @error_code, 121), 'json'), N'"') END,
+            CASE WHEN @created_after IS NOT NULL THEN CONCAT(N',"created_after":"', STRING_ESCAPE(CONVERT(NVARCHAR(400), @created_after, 121), 'json'), N'"') END,
+            CASE WHEN @created_before IS NOT NULL THEN CONCAT(N',"created_before":"', STRING_ESCAPE(CONVERT(NVARCHAR(400), @created_before, 121), 'json'), N'"') END,
+            CASE WHEN @finished_after IS NOT NULL THEN CONCAT(N',"finished_after":"', STRING_ESCAPE(CONVERT(NVARCHAR(400), @finished_after, 121), 'json'), N'"') END,
+            CASE WHEN @finished_before IS NOT NULL THEN CONCAT(N',"finished_before":"', STRING_ESCAPE(CONVERT(NVARCHAR(400), @finished_before, 121), 'json'), N'"') END), 1, 1, N''), N'}');
+    IF @criteria = N'{}' SET @criteria = N'{"all":true}';
+    INSERT INTO sqlbridge.operator_action (action, actor, via, criteria)
+    VALUES (N'cancel', ORIGINAL_LOGIN(), N'tsql', @criteria);
+    DECLARE @action_id BIGINT = CAST(SCOPE_IDENTITY() AS BIGINT);
+    DECLARE @chunk INT = 1;
+    WHILE @chunk > 0
+    BEGIN
+        UPDATE sqlbridge.outbox SET status = N'cancelled', finished_at = SYSUTCDATETIME(), error_code = N'CANCELLED', error_message = N'cancelled by an operator'
+        WHERE status IN (N'queued') AND id IN (SELECT TOP (500) id FROM sqlbridge.outbox
+            WHERE id <= @max_id AND status IN (N'queued')
+            AND (@status IS NULL OR status = @status)
+        AND (@operation IS NULL OR operation = LOWER(LTRIM(RTRIM(@operation))))
+        AND (@account IS NULL OR account = @account)
+        AND (@correlation IS NULL OR correlation = @correlation)
+        AND (@error_code IS NULL OR error_code = @error_code)
+        AND (@created_after IS NULL OR created_at >= @created_after)
+        AND (@created_before IS NULL OR created_at < @created_before)
+        AND (@finished_after IS NULL OR finished_at >= @finished_after)
+        AND (@finished_before IS NULL OR finished_at < @finished_before)
+            ORDER BY id);
+        SET @chunk = @@ROWCOUNT;
+        SET @matched = @matched + @chunk;
+    END;
+    UPDATE sqlbridge.operator_action SET finished_at = SYSUTCDATETIME(), matched = @matched
+    WHERE id = @action_id;
+END;
+GO
+GRANT EXECUTE ON sqlbridge.cancel_requests TO sqlbridge_operator;
+GO
+
 -- chat.getchatchannels: List the account's active chat channels
 IF OBJECT_ID(N'sqlbridge.afilnet_chat_getchatchannels', N'P') IS NULL
     EXEC (N'CREATE PROCEDURE sqlbridge.afilnet_chat_getchatchannels AS RETURN 0');

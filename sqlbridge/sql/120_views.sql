@@ -40,6 +40,17 @@ GRANT SELECT ON sqlbridge.stuck_leases TO sqlbridge_caller;
 GRANT SELECT ON sqlbridge.stuck_leases TO sqlbridge_operator;
 GO
 
+IF OBJECT_ID(N'sqlbridge.queue_health', N'V') IS NOT NULL DROP VIEW sqlbridge.queue_health;
+GO
+CREATE VIEW sqlbridge.queue_health AS
+SELECT operation AS operation, sum(CASE WHEN (status = N'queued') THEN 1 ELSE 0 END) AS queued, sum(CASE WHEN (status = N'queued' AND available_at <= SYSUTCDATETIME()) THEN 1 ELSE 0 END) AS due, sum(CASE WHEN (status = N'processing') THEN 1 ELSE 0 END) AS processing, sum(CASE WHEN (status = N'processing' AND locked_until < SYSUTCDATETIME()) THEN 1 ELSE 0 END) AS stuck, sum(CASE WHEN (status = N'uncertain') THEN 1 ELSE 0 END) AS uncertain, DATEDIFF(second, min(CASE WHEN (status = N'queued' AND available_at <= SYSUTCDATETIME()) THEN available_at END), SYSUTCDATETIME()) AS oldest_queued_age_seconds
+FROM sqlbridge.outbox
+WHERE status IN (N'queued', N'processing', N'uncertain') GROUP BY operation;
+GO
+GRANT SELECT ON sqlbridge.queue_health TO sqlbridge_caller;
+GRANT SELECT ON sqlbridge.queue_health TO sqlbridge_operator;
+GO
+
 IF OBJECT_ID(N'sqlbridge.request_results', N'V') IS NOT NULL DROP VIEW sqlbridge.request_results;
 GO
 CREATE VIEW sqlbridge.request_results AS
