@@ -182,7 +182,8 @@ def test_compose_runs_sql_server_then_a_one_shot_install_then_the_worker() -> No
     assert worker["command"][0] == "worker"
     port = worker["command"][worker["command"].index("--metrics-port") + 1]
     assert f"http://127.0.0.1:{port}/healthz" in " ".join(worker["healthcheck"]["test"])
-    assert seconds(worker["stop_grace_period"]) > GRACE_SECONDS
+    grace = float(worker["command"][worker["command"].index("--grace") + 1])
+    assert grace < seconds(worker["stop_grace_period"]) <= grace + 30
     assert worker["stop_signal"] == "SIGTERM"
     # scripts/test-mssql starts only mssql: the rest waits behind a profile.
     assert "profiles" not in services["mssql"]
@@ -228,11 +229,14 @@ def winsw_config() -> ET.Element:
 def test_the_windows_service_recipe_stops_like_the_systemd_unit() -> None:
     service = winsw_config()
     assert service.findtext("executable", "").endswith("\\Scripts\\sqlbridge.exe")
-    assert service.findtext("arguments", "").split()[0] == "worker"
+    arguments = service.findtext("arguments", "").split()
+    assert arguments[0] == "worker"
+    grace = float(arguments[arguments.index("--grace") + 1])
     # WinSW sends Ctrl+C, then waits stoptimeout: the same budget as TimeoutStopSec.
     m = re.fullmatch(r"(\d+) sec", service.findtext("stoptimeout", ""))
     unit = unit_settings(UNIT.read_text(encoding="utf-8"))
     assert m and float(m.group(1)) == seconds(unit["TimeoutStopSec"][0].removesuffix("s"))
+    assert grace < float(m.group(1))
     assert [f.get("action") for f in service.findall("onfailure")][0] == "restart"
     for env in service.findall("env"):
         name = env.get("name", "")
