@@ -50,7 +50,10 @@ def start_metrics(worker: Any, *, metrics_port: int | None, metrics_bind: str,
         return None
     from .metrics import WorkerMetrics, serve
 
-    stall_after = max(60.0, 2 * worker.lease, 5 * worker.poll_interval)
+    # Longer than anything the loop may legitimately block on: an idle sleep, a lease's worth
+    # of renewals, and the shutdown grace (during which the loop no longer turns).
+    stall_after = max(60.0, 2 * worker.lease, 5 * worker.poll_interval,
+                      getattr(worker, "grace", 0.0) + 10)
     observer = WorkerMetrics(worker.settings.accounts, stall_after=stall_after)
     try:
         server = serve(observer, worker.engine, metrics_port, metrics_bind,
