@@ -242,3 +242,12 @@ def test_the_windows_service_recipe_stops_like_the_systemd_unit() -> None:
         name = env.get("name", "")
         assert name.endswith("_FILE") and name.removesuffix("_FILE") in ENV_NAMES, name
     assert service.find(".//password") is None  # no password in the service definition
+
+
+def test_every_t_sql_example_in_the_operations_doc_parses(tmp_path: Path) -> None:
+    from .test_tsql_parse import parse_errors
+
+    blocks = re.findall(r"```sql\n(.*?)```", OPERATIONS.read_text(encoding="utf-8"), re.S)
+    assert len(blocks) >= 2
+    for i, block in enumerate(blocks):
+        assert parse_errors(block, tmp_path, f"example{i}.sql") == "", block
