@@ -320,3 +320,24 @@ def _expired(queue: Queue) -> bool:
     with queue.engine.connect() as c:
         return bool(c.execute(select(func.count()).select_from(outbox).where(
             outbox.c.status == "processing", outbox.c.locked_until < utcnow())).scalar() == 2)
+
+
+def test_scrapes_never_query_the_queue_only_the_slow_clock_does(queue: Queue) -> None:
+    from sqlalchemy import event
+
+    reads = []
+
+    @event.listens_for(queue.engine, "before_cursor_execute")
+    def _count(conn, cursor, statement, *args):  # type: ignore[no-untyped-def]
+        if "oldest_queued_age_seconds" in statement:
+            reads.append(time.monotonic())
+
+    metrics = WorkerMetrics()
+    with MetricsServer(metrics, queue.engine, port=0, queue_interval=3600) as server:
+        wait_until(lambda: metrics.schema_ok)
+        before = len(reads)
+        for _ in range(20):
+            assert requests.get(server.url + "/metrics", timeout=10).status_code == 200
+        # At most the sampler's own first read (a random moment in the first hour) can fall
+        # in this window; twenty scrapes cause none.
+        assert len(reads) - before <= 1
