@@ -149,14 +149,17 @@ class Selection:
             moment = getattr(self, name)
             if moment is None:
                 continue
-            bound = utcnow(-float(moment)) if _is_age(moment) else moment
-            out.append(column >= bound if after else column < bound)
+            if _is_age(moment):
+                raise ValueError("resolve() the selection first: ages become database times")
+            out.append(column >= moment if after else column < moment)
         if self.max_id is not None:
             out.append(c.id <= self.max_id)
         return out
 
     def resolve(self, engine: Engine) -> Selection:
-        """Ages as database times, and the largest id now: the set as it stands."""
+        """Ages as database times, and the largest id now: the set as it stands. Ages are
+        subtracted here, in Python, from the database's clock: SQL Server's DATEADD counts
+        milliseconds in an INT, which overflows past 24 days."""
         with engine.connect() as conn:
             now, max_id = conn.execute(select(utcnow(), func.max(outbox.c.id))).one()
         now = q._as_datetime(now)
@@ -201,7 +204,7 @@ def list_requests(engine: Engine, sel: Selection, *, limit: int = 50,
     if offset < 0:
         raise ValidationError("offset must be 0 or more", code="INVALID_ARGUMENT",
                               param="offset")
-    where = sel.conditions()
+    where = sel.resolve(engine).conditions()
     columns = [outbox.c[name] for name in LIST_COLUMNS]
     with engine.connect() as conn:
         total = conn.execute(select(func.count()).select_from(outbox).where(*where)).scalar()
@@ -220,9 +223,10 @@ def _guard(action: str) -> Any:
 
 def count(engine: Engine, action: str, sel: Selection) -> int:
     """How many requests ``action`` would change now (``--dry-run``)."""
+    where = sel.resolve(engine).conditions()
     with engine.connect() as conn:
         return int(conn.execute(select(func.count()).select_from(outbox)
-                                .where(*sel.conditions(), _guard(action))).scalar() or 0)
+                                .where(*where, _guard(action))).scalar() or 0)
 
 
 def _check(action: str, sel: Selection, allow_all: bool) -> None:

@@ -400,3 +400,15 @@ def test_undecodable_bytes_on_the_command_line_are_one_line(db_url: str,
         oa.Selection(correlation="\udcff")
     with pytest.raises(ValidationError, match="operation is not valid text"):
         oa.Selection(operations=("chat.\ud800",))
+
+
+def test_long_ages_never_reach_sql_server_s_millisecond_dateadd(queue: Queue) -> None:
+    from sqlalchemy import and_
+    from sqlalchemy.dialects import mssql
+
+    sel = oa.Selection(created_after=40 * 86400.0, finished_before=3650 * 86400.0)
+    where = str(and_(*sel.resolve(queue.engine).conditions()).compile(dialect=mssql.dialect()))
+    assert "DATEADD" not in where  # 40 days of milliseconds overflow an INT
+    with pytest.raises(ValueError, match="resolve"):
+        sel.conditions()
+    assert oa.list_requests(queue.engine, sel)["total"] == 0
