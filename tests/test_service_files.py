@@ -251,3 +251,28 @@ def test_every_t_sql_example_in_the_operations_doc_parses(tmp_path: Path) -> Non
     assert len(blocks) >= 2
     for i, block in enumerate(blocks):
         assert parse_errors(block, tmp_path, f"example{i}.sql") == "", block
+
+
+def test_the_image_s_healthcheck_command_really_tells_healthy_from_not(tmp_path: Path) -> None:
+    """Run the HEALTHCHECK's own command (its port pointed at a live endpoint): exit 0 while
+    healthy, non-zero once /healthz answers 503."""
+    import json
+
+    from sqlbridge.db import make_engine
+    from sqlbridge.dberrors import DbError
+    from sqlbridge.metrics import MetricsServer, WorkerMetrics
+
+    final = stages(DOCKERFILE.read_text(encoding="utf-8"))[-1]
+    image_check = json.loads(dict(final)["HEALTHCHECK"].split(" CMD ", 1)[1])
+    compose_check = compose()["services"]["worker"]["healthcheck"]["test"][1:]  # after "CMD"
+    for command in (image_check, compose_check):
+        metrics = WorkerMetrics(stall_after=3600)
+        engine = make_engine(f"sqlite:///{tmp_path / 'h.db'}")
+        with MetricsServer(metrics, engine, port=0, queue_interval=3600) as server:
+            port = str(server.address[1])
+            argv = [sys.executable if a == "python" else a.replace("9464", port)
+                    for a in command]
+            assert subprocess.run(argv, capture_output=True, timeout=60).returncode == 0
+            metrics.db_error(DbError("disconnect", True))  # the database went away
+            assert subprocess.run(argv, capture_output=True, timeout=60).returncode != 0
+        engine.dispose()
