@@ -39,7 +39,15 @@ from .cli_support import (  # noqa: F401 - EXIT_* and parse helpers are part of 
     common,
 )
 from .commands import demo, doctor, sandbox
-from .operator_cli import cancel, list_command, metrics_options, retry, start_metrics, status
+from .operator_cli import (
+    actions,
+    cancel,
+    list_command,
+    metrics_options,
+    retry,
+    start_metrics,
+    status,
+)
 from .queue import PURGE_BATCH, PURGE_BATCH_MAX, PURGEABLE
 from .schedule_cli import schedule, sync, take
 
@@ -261,5 +269,5 @@ def worker(ctx: Context, once: bool, concurrency: int | None, batch: int | None,
 
 # Commands kept in their own modules (they share cli_support with this one).
 for _command in (sandbox, demo, doctor, schedule, sync, take, status, list_command, retry,
-                 cancel):
+                 cancel, actions):
     main.add_command(_command)

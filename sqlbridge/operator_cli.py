@@ -267,3 +267,20 @@ cancel = _action_command(
     "cancel", "Cancel a queued request: one by REQUEST_ID, or every queued one the filters "
     "match, after a confirmation on a terminal (--yes skips it; --dry-run only counts). Bulk "
     "actions are recorded in operator_action.")
+
+
+@click.command()
+@click.option("--limit", type=click.IntRange(1, oa.MAX_LIMIT), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@common
+def actions(ctx: Context, limit: int, as_json: bool) -> None:
+    """The latest bulk and single retry/cancel actions: who, when, what filter, how many."""
+    rows = oa.history(ctx.engine, limit)
+    if as_json:
+        _print_json(rows)
+        return
+    if not rows:
+        click.echo("no operator actions recorded")
+        return
+    click.echo(_table(rows, ["id", "action", "actor", "via", "requested_at", "finished_at",
+                             "matched", "criteria"]))

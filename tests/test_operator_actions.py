@@ -141,6 +141,10 @@ def test_bulk_retry_of_uncertain_sends_since_2h_is_recorded(db_url: str, queue: 
     assert (a["action"], a["actor"], a["via"], a["matched"]) == ("retry", "ops@example",
                                                                   "cli", 5)
     assert a["finished_at"] is not None and a["requested_at"] is not None
+    code, out, _ = run("actions", "--database-url", db_url)
+    assert code == 0 and "ops@example" in out and "retry" in out
+    code, out, _ = run("actions", "--database-url", db_url, "--json")
+    assert json.loads(out)[0]["matched"] == 5
     criteria = json.loads(a["criteria"])
     assert criteria["statuses"] == ["uncertain"]
     assert criteria["operations"] == ["chat.sendmessage"]
