@@ -112,6 +112,17 @@ def drip(h: BaseHTTPRequestHandler) -> None:
         time.sleep(0.2)
 
 
+def drip_headers(h: BaseHTTPRequestHandler) -> None:
+    """A status line, then one header byte every 0.2 s: no read ever times out, and the
+    standard library reads headers with no clock of its own."""
+    h.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+    h.wfile.flush()
+    for _ in range(300):
+        h.wfile.write(b"a")
+        h.wfile.flush()
+        time.sleep(0.2)
+
+
 @pytest.fixture
 def hostile() -> Iterator[Hostile]:
     server = Hostile()
@@ -279,6 +290,30 @@ def test_a_dripping_answer_is_cut_at_the_call_deadline(hostile: Hostile) -> None
     finally:
         transport.close()
     assert e.value.code == "DEADLINE_EXCEEDED" and e.value.delivered
+
+
+def test_dripping_headers_are_cut_at_the_call_deadline(hostile: Hostile) -> None:
+    hostile.behaviour = drip_headers
+    transport = Transport(2)
+    outcome: list[BaseException | None] = []
+
+    def call() -> None:
+        try:
+            transport.send("POST", hostile.url, what="t", timeout=(5, 5), secrets=[],
+                           deadline=1.0, data=b"x")
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - asserted on in the test's thread
+            outcome.append(exc)
+
+    # The call runs in a thread only so that a broken deadline fails this test instead of
+    # hanging it for a minute; every assertion is made here.
+    caller = threading.Thread(target=call, daemon=True)
+    caller.start()
+    caller.join(timeout=20)
+    transport.close()
+    assert not caller.is_alive(), "the call outlived its deadline by far"
+    assert len(outcome) == 1 and isinstance(outcome[0], TransientError), outcome
+    assert outcome[0].code == "DEADLINE_EXCEEDED" and outcome[0].delivered
 
 
 def test_a_dripping_send_becomes_uncertain(live: Settings, hostile: Hostile,

@@ -20,6 +20,7 @@ import requests
 
 from .. import __version__
 from ..config import Transport as TransportSettings
+from . import watchdog
 from .netguard import GuardedAdapter
 
 USER_AGENT = f"sqlbridge/{__version__}"
@@ -33,6 +34,8 @@ def make_session(pool_size: int = 8) -> requests.Session:
     session = requests.Session()
     adapter = GuardedAdapter(pool_connections=POOL_CONNECTIONS, pool_maxsize=max(1, pool_size),
                           max_retries=0)
+    # Connections report to the call's deadline watchdog (headers have no clock of their own).
+    adapter.poolmanager.pool_classes_by_scheme = watchdog.POOL_CLASSES
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.headers["User-Agent"] = USER_AGENT

@@ -8,7 +8,7 @@ request may have left (``delivered``) and the HTTP status, if any.
 | -------------------------------------------------- | ------------------------------------------- |
 | connection refused, DNS, TLS, connect timeout      | TransientError(delivered=False)             |
 | read timeout, connection lost mid-call             | TransientError(delivered=True)              |
-| the call's total deadline passed (a dripping body) | TransientError(DEADLINE_EXCEEDED, delivered)|
+| the call's deadline passed (dripping headers/body) | TransientError(DEADLINE_EXCEEDED, delivered)|
 | HTTP 429 or any 5xx                                | TransientError(http_status, retry_after)    |
 | other HTTP 4xx (``refuse_client_error``)           | ProviderError(HTTP_4xx), permanent          |
 | body larger than ``max_response_bytes``            | ProtocolError(RESPONSE_TOO_LARGE)           |
@@ -16,7 +16,8 @@ request may have left (``delivered``) and the HTTP status, if any.
 | a URL or header requests cannot send               | ProviderError(INVALID_REQUEST), permanent   |
 
 Bodies are read streamed, at most ``max_bytes`` of them (default DEFAULT_MAX_RESPONSE_BYTES),
-and never past the call's deadline (default connect + 2 x read timeout): whatever a server sends,
+and never past the call's deadline (default connect + 2 x read timeout; ``watchdog`` cuts the socket
+when it passes, also while waiting for the status line and headers): whatever a server sends,
 a call holds a bounded amount of memory for a bounded time. Every message is short (a body
 excerpt of at most 200 characters) and scrubbed.
 """
@@ -36,6 +37,7 @@ from .. import textsafe
 from ..backoff import parse_retry_after
 from ..errors import ProtocolError, ProviderError, TransientError
 from ..redact import scrub
+from . import watchdog
 from .ratelimit import RateLimiter
 from .session import make_session
 
@@ -73,10 +75,42 @@ class Transport:
         limit = max_bytes or DEFAULT_MAX_RESPONSE_BYTES
         budget = deadline or (timeout[0] + 2 * timeout[1])
         ends = time.monotonic() + budget
+        # The watchdog cuts the socket at the deadline, wherever the exchange is blocked (the
+        # status line and headers have no clock of their own); the checks below then name it.
+        with watchdog.deadline(budget) as watch:
+            try:
+                resp = self._request(method, url, what, timeout, secrets, **kwargs)
+            except TransientError as exc:
+                if watch.expired:
+                    raise _past_deadline(what, budget, None, None) from exc
+                raise
+            failing = check_status and (resp.status_code == 429 or resp.status_code >= 500)
+            try:
+                _read_body(resp, what, ERROR_BODY_BYTES if failing else limit, ends, budget,
+                           truncate=failing)
+            except TransientError:
+                if watch.expired:
+                    raise _past_deadline(what, budget, resp.status_code, None) from None
+                raise
+            finally:
+                resp.close()
+            if watch.expired:
+                # Cut between two reads: what arrived may look complete, but is not.
+                raise _past_deadline(what, budget, resp.status_code, None)
+        if failing:
+            raise TransientError(
+                f"{what}: HTTP {resp.status_code} {resp.reason or ''}".rstrip(),
+                code=f"HTTP_{resp.status_code}", http_status=resp.status_code,
+                retry_after=retry_after(resp), response=scrub(snippet(resp), secrets))
+        return resp
+
+    def _request(self, method: str, url: str, what: str, timeout: tuple[float, float],
+                 secrets: list[str], **kwargs: Any) -> requests.Response:
+        """Send and read the status line and headers; the body stays on the socket."""
         try:
             # Redirects are not followed: a 30x to another host would step around the
             # http.request allowlist, and a redirected POST silently becomes a GET.
-            resp = self.session.request(method, url, timeout=timeout, allow_redirects=False,
+            return self.session.request(method, url, timeout=timeout, allow_redirects=False,
                                         stream=True, **kwargs)
         except requests.ConnectTimeout:
             raise TransientError(f"{what}: could not connect within {timeout[0]:g}s",
@@ -100,18 +134,15 @@ class Transport:
         except requests.RequestException as exc:
             raise TransientError(f"{what}: {type(exc).__name__}", code="CONNECTION_LOST",
                                  delivered=True) from None
-        failing = check_status and (resp.status_code == 429 or resp.status_code >= 500)
-        try:
-            _read_body(resp, what, ERROR_BODY_BYTES if failing else limit, ends, budget,
-                       truncate=failing)
-        finally:
-            resp.close()
-        if failing:
-            raise TransientError(
-                f"{what}: HTTP {resp.status_code} {resp.reason or ''}".rstrip(),
-                code=f"HTTP_{resp.status_code}", http_status=resp.status_code,
-                retry_after=retry_after(resp), response=scrub(snippet(resp), secrets))
-        return resp
+
+
+def _past_deadline(what: str, budget: float, status: int | None,
+                   size: int | None) -> TransientError:
+    got = f"HTTP {status}" if status is not None else "no status line"
+    if size is not None:
+        got += f", {size} bytes so far"
+    return TransientError(f"{what}: the answer did not arrive within the call's deadline of "
+                          f"{budget:g}s ({got})", code="DEADLINE_EXCEEDED", delivered=True)
 
 
 def _read_body(resp: requests.Response, what: str, limit: int, ends: float, budget: float,
@@ -130,9 +161,7 @@ def _read_body(resp: requests.Response, what: str, limit: int, ends: float, budg
     raw = resp.raw
     while True:
         if time.monotonic() > ends:
-            raise TransientError(f"{what}: the answer did not arrive within the call's "
-                                 f"deadline of {budget:g}s (HTTP {status}, {size} bytes so far)",
-                                 code="DEADLINE_EXCEEDED", delivered=True)
+            raise _past_deadline(what, budget, status, size)
         try:
             chunk = raw.read1(CHUNK)
         except (urllib3.exceptions.ReadTimeoutError, TimeoutError):
