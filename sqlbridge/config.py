@@ -102,6 +102,15 @@ class AnnaSettings(Transport):
 
 
 @dataclass(frozen=True)
+class HttpCredential:
+    """Secrets http.request adds when a request names this credential (``@credential``): like
+    the native ``HTTPEndpointHeaders`` / ``HTTPEndpointQueryString`` identities."""
+
+    headers: Mapping[str, Secret] = field(default_factory=dict)
+    query: Mapping[str, Secret] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class HttpSettings(Transport):
     # Where http.request may go (scheme, host or *.domain, port); empty means nowhere (an
     # allowlist, like sp_invoke_external_rest_endpoint's). Text entries are parsed on creation.
@@ -110,6 +119,8 @@ class HttpSettings(Transport):
     allow_private: bool = False
     # Headers added by the worker (e.g. Authorization); secret, never stored with the request.
     headers: Mapping[str, Secret] = field(default_factory=dict)
+    # Named credentials a request may ask for with its ``credential`` parameter.
+    credentials: Mapping[str, HttpCredential] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         entries = tuple(e if isinstance(e, Entry) else parse_entry(str(e))
@@ -139,6 +150,10 @@ class Account:
                 values.append(v.reveal())
         for header in self.http.headers.values():
             values.extend(credential_parts(header.reveal()))
+        for cred in self.http.credentials.values():
+            for header in cred.headers.values():
+                values.extend(credential_parts(header.reveal()))
+            values.extend(v.reveal() for v in cred.query.values())
         for section in (self.afilnet, self.anna, self.http):
             if section.proxy:
                 password = urlsplit(section.proxy.reveal()).password
@@ -344,7 +359,8 @@ def _entry(setting: str, value: Any) -> Entry:
 
 
 def _http(prefix: str, raw: Mapping[str, Any]) -> HttpSettings:
-    _check_keys(prefix, raw, _TRANSPORT_KEYS | {"allowed_hosts", "allow_private", "headers"})
+    _check_keys(prefix, raw, _TRANSPORT_KEYS | {"allowed_hosts", "allow_private", "headers",
+                                               "credentials"})
     hosts = raw.get("allowed_hosts") or ()
     if isinstance(hosts, str):
         hosts = [h.strip() for h in hosts.split(",") if h.strip()]
@@ -361,8 +377,33 @@ def _http(prefix: str, raw: Mapping[str, Any]) -> HttpSettings:
                             for i, h in enumerate(hosts)),
         headers={str(k): Secret(str(v)) for k, v in headers.items()},
         **extra,
+        credentials=_http_credentials(f"{prefix}.credentials", raw.get("credentials") or {}),
         **_transport_fields(prefix, raw),
     )
+
+
+def _http_credentials(prefix: str, raw: Any) -> dict[str, HttpCredential]:
+    """``[accounts.X.http.credentials.NAME]`` tables, each with ``headers`` and/or ``query``
+    (tables of name = secret value)."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"setting {prefix} must be a table of [{prefix}.NAME] tables")
+    out: dict[str, HttpCredential] = {}
+    for name, body in raw.items():
+        where = f"{prefix}.{name}"
+        if not isinstance(body, Mapping):
+            raise ConfigError(f"setting {where} must be a table with headers and/or query")
+        _check_keys(where, body, {"headers", "query"})
+        parts: dict[str, dict[str, Secret]] = {}
+        for part in ("headers", "query"):
+            table = body.get(part) or {}
+            if not isinstance(table, Mapping) or not all(
+                    isinstance(v, str) for v in table.values()):
+                raise ConfigError(f"setting {where}.{part} must be a table of name = \"text\"")
+            parts[part] = {str(k): Secret(v) for k, v in table.items()}
+        if not parts["headers"] and not parts["query"]:
+            raise ConfigError(f"setting {where} needs headers = {{...}} or query = {{...}}")
+        out[str(name)] = HttpCredential(**parts)
+    return out
 
 
 def _account(name: str, raw: Mapping[str, Any],

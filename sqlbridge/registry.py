@@ -288,6 +288,11 @@ _DECLARED: tuple[Operation, ...] = (
             Param("payload", type="json", description="Request body (text or JSON)"),
             Param("timeout", type="int", min_value=1, max_value=230,
                   description="Seconds to wait for the answer"),
+            # A name, never a secret: the worker adds the headers / query string the account's
+            # [accounts.X.http.credentials.NAME] holds (like the native DATABASE SCOPED
+            # CREDENTIAL of sp_invoke_external_rest_endpoint).
+            Param("credential", max_length=128,
+                  description="Name of a credential in the worker's account configuration"),
         ),
         delivery="by_method",
         description="Any HTTP call to an allowlisted host (like sp_invoke_external_rest_endpoint)",

@@ -269,6 +269,72 @@ def endpoint_procedure(op: Operation) -> str:
     return doc + _procedure(op.procedure, params, body, grant_to=(CALLER, OPERATOR))
 
 
+# sqlbridge.invoke_external_rest_endpoint takes these after the common parameters, so its
+# signature is a superset of SQL Server 2025's sp_invoke_external_rest_endpoint (@url, @method,
+# @headers, @payload, @timeout, @credential, @response OUTPUT) plus sqlbridge's own.
+INVOKE_EXTRA_PARAMS = (
+    ("@response", "NVARCHAR(MAX) = NULL OUTPUT"),
+    ("@wait_ms", "INT = 0"),
+)
+# What invoke_external_rest_endpoint returns besides 0 (2xx) and an HTTP status (100-599).
+INVOKE_STILL_RUNNING = 1  # @wait_ms passed first: the request is still queued or being sent
+INVOKE_NO_HTTP_ANSWER = -1  # finished without an HTTP status (refused, network, cancelled)
+
+
+def invoke_external_rest_endpoint(op: Operation) -> str:
+    """http.request's endpoint procedure, with the native procedure's calling convention on top:
+    with ``@wait_ms > 0`` it waits for the worker like ``wait_for``, fills ``@response`` with the
+    stored answer (already in the native JSON shape, see providers/http.py ``shaped``) and
+    returns 0 on 2xx, else the HTTP status; with ``@wait_ms = 0`` it only enqueues."""
+    text = endpoint_procedure(op)
+    n = ERROR_NUMBERS
+    refuse = (f"""    IF @wait_ms IS NULL OR @wait_ms < 0 SET @wait_ms = 0;
+    SET @response = NULL;
+    -- Refused before anything is queued: inside a transaction the worker cannot see the
+    -- request, so waiting could only time out (the same rule as sqlbridge.wait_for).
+    IF @wait_ms > 0 AND @@TRANCOUNT > 0
+        THROW {n["WAIT_IN_TRANSACTION"]}, N'sqlbridge.invoke_external_rest_endpoint cannot wait inside an open transaction: the worker cannot see an uncommitted request, so it could only time out. Commit first, or pass @wait_ms = 0 and read sqlbridge.request_results later.', 1;
+""")
+    wait = f"""    IF @wait_ms = 0 RETURN 0;
+    DECLARE @until DATETIME2(3) = DATEADD(millisecond, @wait_ms, SYSUTCDATETIME());
+    DECLARE @status NVARCHAR(20), @http_status INT, @left INT, @pause INT = 50;
+    WHILE 1 = 1
+    BEGIN
+        SELECT @status = status, @http_status = http_status, @response = response
+        FROM {SCHEMA}.outbox WHERE id = @request_id;
+        SET @left = DATEDIFF(millisecond, SYSUTCDATETIME(), @until);
+        IF @status IN ({FINISHED_SQL}) OR @left <= 0 BREAK;
+        IF @pause > @left SET @pause = @left;
+        EXEC {SCHEMA}.sleep_ms @ms = @pause;
+        SET @pause = CASE WHEN @pause < 125 THEN @pause * 2 ELSE 250 END;
+    END;
+    -- {INVOKE_STILL_RUNNING}: not finished within @wait_ms (poll sqlbridge.wait_for with @request_id).
+    IF @status IS NULL OR @status NOT IN ({FINISHED_SQL})
+    BEGIN
+        SET @response = NULL;
+        RETURN {INVOKE_STILL_RUNNING};
+    END;
+    -- {INVOKE_NO_HTTP_ANSWER}: finished without an HTTP answer (HOST_NOT_ALLOWED, UNKNOWN_CREDENTIAL, network
+    -- failure, cancelled): error_code and error_message are in sqlbridge.request_results.
+    IF @http_status IS NULL
+    BEGIN
+        SET @response = NULL;
+        RETURN {INVOKE_NO_HTTP_ANSWER};
+    END;
+    -- Like the native procedure: 0 on 2xx, else the HTTP status.
+    IF @http_status BETWEEN 200 AND 299 RETURN 0;
+    RETURN @http_status;"""
+    last_common = f"    {COMMON_PARAMS[-1][0]} {COMMON_PARAMS[-1][1]}\nAS\nBEGIN\n"
+    extra = "".join(f",\n    {name} {kind}" for name, kind in INVOKE_EXTRA_PARAMS)
+    declared = "    DECLARE @msg NVARCHAR(2048);\n"
+    enqueued = "@request_id = @request_id OUTPUT;\nEND;\n"
+    for piece in (last_common, declared, enqueued):
+        assert text.count(piece) == 1, piece  # the shape endpoint_procedure writes
+    text = text.replace(last_common, last_common.replace("\nAS", extra + "\nAS"))
+    text = text.replace(declared, declared + refuse)
+    return text.replace(enqueued, enqueued.replace("\nEND;", "\n" + wait + "\nEND;"))
+
+
 def _provider_case() -> str:
     whens = " ".join(f"WHEN {lit(op.name)} THEN {lit(op.provider)}"
                      for op in registry.OPERATIONS.values())
@@ -472,7 +538,8 @@ def procedures_script() -> str:
              "(sqlbridge.sleep_ms).\n"]
     parts += generic_procedures()
     parts += bulk_procedures()
-    parts += [endpoint_procedure(op) for op in registry.OPERATIONS.values()]
+    parts += [invoke_external_rest_endpoint(op) if op.provider == "http"
+              else endpoint_procedure(op) for op in registry.OPERATIONS.values()]
     return "\n".join(parts)
 
 

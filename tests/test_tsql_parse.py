@@ -289,8 +289,11 @@ def declared_params(proc: str) -> list[tuple[str, str]]:
 def test_each_endpoint_has_its_procedure_with_the_registry_s_parameters(
         op: registry.Operation) -> None:
     declared = declared_params(op.procedure)
+    # invoke_external_rest_endpoint also takes the native procedure's @response and @wait_ms.
+    extra = tsql.INVOKE_EXTRA_PARAMS if op.provider == "http" else ()
     assert [n for n, _ in declared] == ([p.sql_name for p in op.params]
-                                        + [n for n, _ in tsql.COMMON_PARAMS])
+                                        + [n for n, _ in tsql.COMMON_PARAMS]
+                                        + [n for n, _ in extra])
     for p in op.params:
         sql_type = dict(declared)[p.sql_name]
         # What the parameter must be, said here independently of the generator: whole numbers

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import requests
 from requests.structures import CaseInsensitiveDict
@@ -111,6 +112,31 @@ def body_and_type(payload: Any) -> tuple[bytes | None, str | None]:
     return json.dumps(payload, ensure_ascii=False).encode("utf-8"), JSON_TYPE
 
 
+def with_credential(url: str, headers: CaseInsensitiveDict[str], name: Any,
+                    account: Account) -> str:
+    """Apply the account credential a request names (its ``credential`` parameter): its headers
+    replace the caller's, its query-string values replace same-named ones in the URL. Returns
+    the URL to call; the row keeps the URL without the secret. An unknown name fails the request
+    (UNKNOWN_CREDENTIAL), never sends it without the credential it asked for."""
+    if name is None or name == "":
+        return url
+    cred = account.http.credentials.get(str(name))
+    if cred is None:
+        known = ", ".join(sorted(account.http.credentials)) or "none"
+        raise ProviderError(
+            f"http.request: credential '{str(name)[:100]}' is not configured for account "
+            f"'{account.name}'; add [accounts.{account.name}.http.credentials.NAME] with "
+            f"headers or query (configured now: {known})", code="UNKNOWN_CREDENTIAL")
+    headers.update({k: v.reveal() for k, v in cred.headers.items()})
+    if not cred.query:
+        return url
+    parts = urlsplit(url)
+    kept = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
+            if k not in cred.query]
+    query = urlencode(kept + [(k, v.reveal()) for k, v in cred.query.items()])
+    return urlunsplit(parts._replace(query=query))
+
+
 class HttpClient:
     name = "http"
 
@@ -130,13 +156,14 @@ class HttpClient:
             headers["Content-Type"] = content_type
         # The account's headers win over the caller's: a row must not replace a credential.
         headers.update({k: v.reveal() for k, v in s.headers.items()})
+        url = with_credential(pin.target.url, headers, params.get("credential"), account)
         secrets = account.secrets()
         timeout = float(params.get("timeout") or s.read_timeout)
         method = str(params.get("method") or "POST").upper()
         what = f"http.request {method} {pin.target.host}"
         with pinned(pin):
             resp = self.transport.send(
-                method, pin.target.url, what=what, timeout=(s.connect_timeout, timeout),
+                method, url, what=what, timeout=(s.connect_timeout, timeout),
                 secrets=secrets, rate=((account.name, "http"), s.rate_limit), check_status=False,
                 data=data, headers=headers, max_bytes=s.max_response_bytes,
                 deadline=s.total_timeout, **request_options(s, environment_proxies=False))

@@ -1077,18 +1077,27 @@ ALTER PROCEDURE sqlbridge.invoke_external_rest_endpoint
     @headers NVARCHAR(MAX) = NULL,
     @payload NVARCHAR(MAX) = NULL,
     @timeout INT = NULL,
+    @credential NVARCHAR(4000) = NULL,
     @account NVARCHAR(100) = N'default',
     @priority INT = 0,
     @request_key NVARCHAR(200) = NULL,
     @correlation NVARCHAR(400) = NULL,
     @not_before DATETIME2(3) = NULL,
     @max_attempts INT = NULL,
-    @request_id BIGINT = NULL OUTPUT
+    @request_id BIGINT = NULL OUTPUT,
+    @response NVARCHAR(MAX) = NULL OUTPUT,
+    @wait_ms INT = 0
 AS
 BEGIN
     SET NOCOUNT ON;
     SET XACT_ABORT ON;
     DECLARE @msg NVARCHAR(2048);
+    IF @wait_ms IS NULL OR @wait_ms < 0 SET @wait_ms = 0;
+    SET @response = NULL;
+    -- Refused before anything is queued: inside a transaction the worker cannot see the
+    -- request, so waiting could only time out (the same rule as sqlbridge.wait_for).
+    IF @wait_ms > 0 AND @@TRANCOUNT > 0
+        THROW 51022, N'sqlbridge.invoke_external_rest_endpoint cannot wait inside an open transaction: the worker cannot see an uncommitted request, so it could only time out. Commit first, or pass @wait_ms = 0 and read sqlbridge.request_results later.', 1;
     IF LTRIM(RTRIM(@url)) = N'' SET @url = NULL;
     SET @url = LTRIM(RTRIM(@url));
     IF @url IS NULL BEGIN SET @msg = N'http.request: parameter ''url'' is required'; THROW 51001, @msg, 1; END
@@ -1102,16 +1111,48 @@ BEGIN
     IF @headers IS NOT NULL AND (ISJSON(@headers) = 0 OR LEFT(LTRIM(@headers), 1) <> N'{') BEGIN SET @msg = N'http.request: parameter ''headers'' must be a JSON object'; THROW 51006, @msg, 1; END
     IF LTRIM(RTRIM(@payload)) = N'' SET @payload = NULL;
     IF @timeout < 1 OR @timeout > 230 BEGIN SET @msg = N'http.request: parameter ''timeout'' must be a whole number from 1 to 230'; THROW 51006, @msg, 1; END
+    IF LTRIM(RTRIM(@credential)) = N'' SET @credential = NULL;
+    IF LEN(@credential + N'x') - 1 > 128 BEGIN SET @msg = N'http.request: parameter ''credential'' is longer than 128 characters'; THROW 51007, @msg, 1; END
     DECLARE @params NVARCHAR(MAX) = CONCAT(CAST(N'{' AS NVARCHAR(MAX)), STUFF(CONCAT(CAST(N'' AS NVARCHAR(MAX)),
             CASE WHEN @url IS NOT NULL THEN CONCAT(N',"url":', N'"', STRING_ESCAPE(@url, 'json'), N'"') END,
             CASE WHEN @method IS NOT NULL THEN CONCAT(N',"method":', N'"', STRING_ESCAPE(@method, 'json'), N'"') END,
             CASE WHEN @headers IS NOT NULL THEN CONCAT(N',"headers":', @headers) END,
             CASE WHEN @payload IS NOT NULL THEN CONCAT(N',"payload":', CASE WHEN ISJSON(@payload) = 1 THEN @payload ELSE CONCAT(N'"', STRING_ESCAPE(@payload, 'json'), N'"') END) END,
-            CASE WHEN @timeout IS NOT NULL THEN CONCAT(N',"timeout":', @timeout) END), 1, 1, N''), N'}');
+            CASE WHEN @timeout IS NOT NULL THEN CONCAT(N',"timeout":', @timeout) END,
+            CASE WHEN @credential IS NOT NULL THEN CONCAT(N',"credential":', N'"', STRING_ESCAPE(@credential, 'json'), N'"') END), 1, 1, N''), N'}');
     EXEC sqlbridge.enqueue @operation = N'http.request', @params = @params,
     @account = @account, @priority = @priority, @request_key = @request_key,
     @correlation = @correlation, @not_before = @not_before,
     @max_attempts = @max_attempts, @request_id = @request_id OUTPUT;
+    IF @wait_ms = 0 RETURN 0;
+    DECLARE @until DATETIME2(3) = DATEADD(millisecond, @wait_ms, SYSUTCDATETIME());
+    DECLARE @status NVARCHAR(20), @http_status INT, @left INT, @pause INT = 50;
+    WHILE 1 = 1
+    BEGIN
+        SELECT @status = status, @http_status = http_status, @response = response
+        FROM sqlbridge.outbox WHERE id = @request_id;
+        SET @left = DATEDIFF(millisecond, SYSUTCDATETIME(), @until);
+        IF @status IN (N'succeeded', N'failed', N'uncertain', N'cancelled') OR @left <= 0 BREAK;
+        IF @pause > @left SET @pause = @left;
+        EXEC sqlbridge.sleep_ms @ms = @pause;
+        SET @pause = CASE WHEN @pause < 125 THEN @pause * 2 ELSE 250 END;
+    END;
+    -- 1: not finished within @wait_ms (poll sqlbridge.wait_for with @request_id).
+    IF @status IS NULL OR @status NOT IN (N'succeeded', N'failed', N'uncertain', N'cancelled')
+    BEGIN
+        SET @response = NULL;
+        RETURN 1;
+    END;
+    -- -1: finished without an HTTP answer (HOST_NOT_ALLOWED, UNKNOWN_CREDENTIAL, network
+    -- failure, cancelled): error_code and error_message are in sqlbridge.request_results.
+    IF @http_status IS NULL
+    BEGIN
+        SET @response = NULL;
+        RETURN -1;
+    END;
+    -- Like the native procedure: 0 on 2xx, else the HTTP status.
+    IF @http_status BETWEEN 200 AND 299 RETURN 0;
+    RETURN @http_status;
 END;
 GO
 GRANT EXECUTE ON sqlbridge.invoke_external_rest_endpoint TO sqlbridge_caller;
