@@ -267,6 +267,20 @@ def worker(ctx: Context, once: bool, concurrency: int | None, batch: int | None,
         os._exit(0)
 
 
+@main.command("migrate")
+@click.argument("file", type=click.Path())
+@click.option("--write", is_flag=True, help="Rewrite FILE in place, keeping FILE.bak.")
+def migrate_command(file: str, write: bool) -> None:
+    """Rewrite FILE's sp_OACreate HTTP calls as sqlbridge procedure calls; print the diff.
+
+    Exit 0 when every call was rewritten (or there was none), 1 when some were left as is
+    (each with a '-- sqlbridge migrate:' comment saying why); see README for other codes.
+    """
+    from .migrate import run
+
+    sys.exit(run(file, write, click.echo))
+
+
 # Commands kept in their own modules (they share cli_support with this one).
 for _command in (sandbox, demo, doctor, schedule, sync, take, status, list_command, retry,
                  cancel, actions):
