@@ -38,6 +38,8 @@ HTTP_PROGID = re.compile(r"^(winhttp\.winhttprequest\.5\.1|msxml2\.(server)?xmlh
 # request row.
 SECRET_HEADER = re.compile(r"auth|key|token|secret|cookie|passw", re.IGNORECASE)
 WAIT_MS = 30000
+OA_PROCEDURES = {"sp_oacreate", "sp_oamethod", "sp_oagetproperty", "sp_oasetproperty",
+                 "sp_oadestroy", "sp_oageterrorinfo", "sp_oastop"}
 AFILNET_CREDENTIALS = ("user", "password")
 TYPE_WORDS = {
     "int", "bigint", "smallint", "tinyint", "bit", "varchar", "nvarchar", "char", "nchar",
@@ -310,7 +312,7 @@ class Script:
     def calls(self) -> list[Call]:
         found = []
         for i, t in enumerate(self.sig):
-            if t.kind == "word" and t.low.startswith("sp_oa"):
+            if t.kind == "word" and t.low in OA_PROCEDURES:
                 call = self._call(i)
                 if call is not None:
                     found.append(call)
@@ -1013,7 +1015,7 @@ class Rewriter:
         span = self.statement_span(url_assign)
         if reads or span is None or s.dangling(span[2]):
             leftover = ", ".join(sorted(creds)) or "the URL"
-            edits.append(self.note_before(s.sig[url_assign.at].start,
+            edits.append(self.note_before(self.statement_start(url_assign.at),
                                           f"{name} is still assigned here with the Afilnet "
                                           f"credentials ({leftover}): remove them by hand"))
             return edits
@@ -1027,7 +1029,7 @@ class Rewriter:
             vspan = self.statement_span(decl[0]) if len(decl) == 1 else None
             if outside or vspan is None or s.dangling(vspan[2]):
                 if var in creds:
-                    edits.append(self.note_before(s.sig[occ[0].at].start,
+                    edits.append(self.note_before(self.statement_start(occ[0].at),
                                                   f"{var} still holds an Afilnet credential: "
                                                   "remove it by hand"))
                 continue
@@ -1061,6 +1063,11 @@ class Rewriter:
         if s.is_op(last + 1, ";"):
             last += 1
         return s.sig[first].start, s.sig[last].end, first
+
+    def statement_start(self, at: int) -> int:
+        """Offset of the DECLARE / SET in front of the variable at sig ``at``, if any."""
+        s = self.s
+        return s.sig[at - 1].start if s.is_word(at - 1, "declare", "set") else s.sig[at].start
 
     def note_before(self, offset: int, why: str) -> Edit:
         s = self.s
@@ -1175,7 +1182,11 @@ def migrate(text: str) -> Migration:
             if not ok:
                 raise Refuse("removing its statements would leave an empty BEGIN … END block "
                              "or overlap another call")
-        except Refuse as why:
+        except (Refuse, LookupError, ValueError, TypeError, AttributeError) as exc:
+            # Anything but Refuse is a case this reader did not foresee: the call stays as it
+            # is, which is always safe, instead of the whole file failing.
+            why = exc if isinstance(exc, Refuse) else Refuse(
+                f"this tool could not follow this call ({type(exc).__name__})")
             edits.append(rw.note_before(s.sig[g.create.first].start, "left as is: " + str(why)))
             result.left.append(Note(line, str(why)))
             claimed.update(id(c) for c in g.members)
@@ -1201,8 +1212,9 @@ def _already_there(text: str, e: Edit) -> bool:
     if e.start != e.end or not e.text.strip().startswith(PREFIX.strip()):
         return False
     wanted = e.text.strip()
-    before = text[:e.start].rstrip("\r\n").rsplit("\n", 1)[-1].strip()
-    return before == wanted
+    before = text[:e.start].rstrip(" \t")
+    before = before.removesuffix("\n").removesuffix("\r")
+    return before.rstrip().endswith(wanted)
 
 
 def _groups(s: Script, calls: list[Call]) -> tuple[list[Group], list[Call]]:
@@ -1219,11 +1231,11 @@ def _groups(s: Script, calls: list[Call]) -> tuple[list[Group], list[Call]]:
         for d in calls[i + 1:]:
             if s.batch[d.first] != batch:
                 break
-            h = d.arg(0)
+            h = d.arg(1 if d.proc == "sp_oacreate" else 0)
             if h is None or h.kind != "var" or h.tok.low != handle.tok.low:
                 continue
             if d.proc == "sp_oacreate":
-                break
+                break  # the same variable now holds another object
             members.append(d)
         grouped.update(id(m) for m in members)
         groups.append(Group(c, handle.tok.value, progid.tok.value, members, batch))
@@ -1312,6 +1324,10 @@ def run(path: str, write: bool, echo: Callable[..., Any]) -> int:
     try:
         text, encoding = read_script(path)
         result = migrate(text)
+        backup = Path(path).with_name(Path(path).name + ".bak")
+        if write and result.changed and backup.exists():
+            # Checked before anything is printed: the refusal is the only line.
+            raise InputError(f"{backup} already exists: move it away, then run again", 4)
         echo(result.diff(str(path)), nl=False)
         for n in sorted(result.notes, key=lambda n: n.line):
             echo(f"{path}:{n.line}: note: {n.text}", err=True)
@@ -1320,7 +1336,7 @@ def run(path: str, write: bool, echo: Callable[..., Any]) -> int:
         summary = (f"{path}: {len(result.rewritten)} call(s) rewritten, {len(result.left)} "
                    f"left as is")
         if write and result.changed:
-            backup = write_script(path, result.text, encoding)
+            write_script(path, result.text, encoding)
             summary += f"; written (the original is in {backup})"
         elif not result.changed:
             summary += "; nothing to change"
