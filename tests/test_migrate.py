@@ -343,6 +343,12 @@ def test_a_call_on_an_object_made_elsewhere_gets_a_comment() -> None:
         "sp_oamethod on an object not created by sp_OACreate in this batch"]
 
 
+def test_only_calls_of_the_ole_automation_procedures_count() -> None:
+    text = ("EXEC sp_OAFoo @x;\nSELECT 'EXEC sp_OACreate';\n-- EXEC sp_OADestroy @w\n"
+            "GRANT EXECUTE ON sp_OACreate TO app_user;\nSELECT sp_oa_create FROM t;\n")
+    assert migrate(text).text == text
+
+
 def test_the_vendor_quote_typo_is_read_only_in_that_exact_shape() -> None:
     (tok,) = [t for t in lex("SELECT 'https://x.afilnet.com/api/http/?+'&class='") if
               t.kind == "str"]
