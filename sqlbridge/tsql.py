@@ -274,6 +274,7 @@ def endpoint_procedure(op: Operation) -> str:
 # @headers, @payload, @timeout, @credential, @response OUTPUT) plus sqlbridge's own.
 INVOKE_EXTRA_PARAMS = (
     ("@response", "NVARCHAR(MAX) = NULL OUTPUT"),
+    ("@retry_count", "INT = NULL"),
     ("@wait_ms", "INT = 0"),
 )
 # What invoke_external_rest_endpoint returns besides 0 (2xx) and an HTTP status (100-599).
@@ -294,6 +295,10 @@ def invoke_external_rest_endpoint(op: Operation) -> str:
     -- request, so waiting could only time out (the same rule as sqlbridge.wait_for).
     IF @wait_ms > 0 AND @@TRANCOUNT > 0
         THROW {n["WAIT_IN_TRANSACTION"]}, N'sqlbridge.invoke_external_rest_endpoint cannot wait inside an open transaction: the worker cannot see an uncommitted request, so it could only time out. Commit first, or pass @wait_ms = 0 and read sqlbridge.request_results later.', 1;
+    -- The native @retry_count (0 to 10 retries) is sqlbridge's @max_attempts minus one.
+    IF @retry_count < 0 OR @retry_count > 10
+        THROW {n["INVALID_ARGUMENT"]}, N'retry_count must be from 0 to 10', 1;
+    IF @retry_count IS NOT NULL AND @max_attempts IS NULL SET @max_attempts = @retry_count + 1;
 """)
     wait = f"""    IF @wait_ms = 0 RETURN 0;
     DECLARE @until DATETIME2(3) = DATEADD(millisecond, @wait_ms, SYSUTCDATETIME());

@@ -509,7 +509,8 @@ def test_a_utf16_script_from_ssms_is_read_and_written_back_as_utf16(tmp_path: Pa
 
 # -- parity with sp_invoke_external_rest_endpoint ------------------------------------------------
 
-NATIVE = ("@url", "@payload", "@headers", "@method", "@timeout", "@credential", "@response")
+NATIVE = ("@url", "@payload", "@headers", "@method", "@timeout", "@credential", "@response",
+          "@retry_count")
 OWN = ("@account", "@request_key", "@not_before", "@request_id", "@wait_ms")
 
 
@@ -536,6 +537,17 @@ def test_invoke_refuses_to_wait_inside_a_transaction_before_queuing_anything() -
     refuse = body.index("IF @wait_ms > 0 AND @@TRANCOUNT > 0\n        THROW "
                         f"{registry.ERROR_NUMBERS['WAIT_IN_TRANSACTION']}, ")
     assert refuse < body.index("EXEC sqlbridge.enqueue")
+
+
+def test_the_native_retry_count_becomes_max_attempts() -> None:
+    body = _invoke_body()
+    assert "IF @retry_count < 0 OR @retry_count > 10\n        THROW " \
+           f"{registry.ERROR_NUMBERS['INVALID_ARGUMENT']}, N'retry_count must be from 0 to 10'" \
+        in body
+    assert "IF @retry_count IS NOT NULL AND @max_attempts IS NULL SET @max_attempts = " \
+           "@retry_count + 1;" in body
+    assert body.index("SET @max_attempts = @retry_count + 1;") < body.index(
+        "EXEC sqlbridge.enqueue")
 
 
 def test_invoke_returns_at_once_without_wait_and_like_the_native_one_with_it() -> None:

@@ -1086,6 +1086,7 @@ ALTER PROCEDURE sqlbridge.invoke_external_rest_endpoint
     @max_attempts INT = NULL,
     @request_id BIGINT = NULL OUTPUT,
     @response NVARCHAR(MAX) = NULL OUTPUT,
+    @retry_count INT = NULL,
     @wait_ms INT = 0
 AS
 BEGIN
@@ -1098,6 +1099,10 @@ BEGIN
     -- request, so waiting could only time out (the same rule as sqlbridge.wait_for).
     IF @wait_ms > 0 AND @@TRANCOUNT > 0
         THROW 51022, N'sqlbridge.invoke_external_rest_endpoint cannot wait inside an open transaction: the worker cannot see an uncommitted request, so it could only time out. Commit first, or pass @wait_ms = 0 and read sqlbridge.request_results later.', 1;
+    -- The native @retry_count (0 to 10 retries) is sqlbridge's @max_attempts minus one.
+    IF @retry_count < 0 OR @retry_count > 10
+        THROW 51012, N'retry_count must be from 0 to 10', 1;
+    IF @retry_count IS NOT NULL AND @max_attempts IS NULL SET @max_attempts = @retry_count + 1;
     IF LTRIM(RTRIM(@url)) = N'' SET @url = NULL;
     SET @url = LTRIM(RTRIM(@url));
     IF @url IS NULL BEGIN SET @msg = N'http.request: parameter ''url'' is required'; THROW 51001, @msg, 1; END
