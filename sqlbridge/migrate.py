@@ -16,7 +16,9 @@ Afilnet credentials, which must leave the script).
 
 from __future__ import annotations
 
+import bisect
 import difflib
+import functools
 import json
 import math
 import os
@@ -70,7 +72,19 @@ class Tok:
 
 
 _TYPO_TAIL = re.compile(r"&[A-Za-z_]\w*=(?=')")
-_WORD_CHARS = "_@#$"
+
+
+_TOKEN = re.compile(r"""
+    (?P<ws>\s+)
+  | (?P<comment>--[^\n]*)
+  | (?P<block>/\*)
+  | (?P<str>[Nn]?')
+  | (?P<qid>\[(?:[^\]]|\]\])*\]?|"(?:[^"]|"")*"?)
+  | (?P<var>@[\w@\#$]+)
+  | (?P<word>[^\W\d_][\w@\#$]*|[_\#][\w@\#$]*)
+  | (?P<num>\d(?:[^\W_]|\.)*)
+  | (?P<op>.)
+""", re.VERBOSE | re.DOTALL)
 
 
 def lex(text: str) -> list[Tok]:
@@ -79,74 +93,52 @@ def lex(text: str) -> list[Tok]:
     out: list[Tok] = []
     i, n = 0, len(text)
     while i < n:
-        c = text[i]
-        if c.isspace():
-            j = i + 1
-            while j < n and text[j].isspace():
-                j += 1
-            out.append(Tok("ws", i, j, text[i:j]))
-        elif text.startswith("--", i):
-            j = text.find("\n", i)
-            j = n if j < 0 else j
-            out.append(Tok("comment", i, j, text[i:j]))
-        elif text.startswith("/*", i):
+        m = _TOKEN.match(text, i)
+        assert m is not None  # (?P<op>.) matches any character
+        kind = m.lastgroup or "op"
+        if kind == "block":
             depth, j = 1, i + 2
-            while j < n and depth:
-                if text.startswith("/*", j):
-                    depth, j = depth + 1, j + 2
-                elif text.startswith("*/", j):
-                    depth, j = depth - 1, j + 2
+            while depth:
+                close = text.find("*/", j)
+                if close < 0:
+                    j = n
+                    break
+                nested = text.find("/*", j, close + 1)  # "/*/": the opener comes first
+                if nested >= 0:
+                    depth, j = depth + 1, nested + 2
                 else:
-                    j += 1
+                    depth, j = depth - 1, close + 2
             out.append(Tok("comment", i, j, text[i:j]))
-        elif c == "'" or (c in "Nn" and text.startswith("'", i + 1)):
-            j = i + (1 if c == "'" else 2)
+        elif kind == "str":
+            j = m.end()
             buf: list[str] = []
+            tail = ""  # the value's last two characters
             typo = False
-            while j < n:
-                if text[j] != "'":
-                    buf.append(text[j])
-                    j += 1
-                elif text.startswith("''", j):
+            while True:
+                quote = text.find("'", j)
+                if quote < 0:
+                    buf.append(text[j:])
+                    j = n
+                    break
+                chunk = text[j:quote]
+                buf.append(chunk)
+                tail = (tail + chunk)[-2:]
+                if text.startswith("''", quote):
                     buf.append("'")
-                    j += 2
-                elif buf[-2:] == ["?", "+"] and (m := _TYPO_TAIL.match(text, j + 1)):
-                    buf[-1:] = [m.group()]
-                    j, typo = m.end(), True
+                    tail = (tail + "'")[-2:]
+                    j = quote + 2
+                elif tail == "?+" and (typo_tail := _TYPO_TAIL.match(text, quote + 1)):
+                    # The vendor's '...?+'&class=' read as '...?&class='.
+                    value = "".join(buf)[:-1] + typo_tail.group()
+                    buf, tail, typo = [value], value[-2:], True
+                    j = typo_tail.end()
                 else:
-                    j += 1
+                    j = quote + 1
                     break
             out.append(Tok("str", i, j, "".join(buf), typo))
-        elif c in "[\"":
-            close = "]" if c == "[" else '"'
-            j = i + 1
-            while j < n:
-                if text[j] == close:
-                    if text.startswith(close * 2, j):
-                        j += 2
-                        continue
-                    j += 1
-                    break
-                j += 1
-            out.append(Tok("qid", i, j, text[i:j]))
-        elif c == "@" and i + 1 < n and (text[i + 1].isalnum() or text[i + 1] in _WORD_CHARS):
-            j = i + 1
-            while j < n and (text[j].isalnum() or text[j] in _WORD_CHARS):
-                j += 1
-            out.append(Tok("var", i, j, text[i:j]))
-        elif c.isalpha() or c in "_#":
-            j = i + 1
-            while j < n and (text[j].isalnum() or text[j] in _WORD_CHARS):
-                j += 1
-            out.append(Tok("word", i, j, text[i:j]))
-        elif c.isdigit():
-            j = i + 1
-            while j < n and (text[j].isalnum() or text[j] == "."):
-                j += 1
-            out.append(Tok("num", i, j, text[i:j]))
         else:
-            j = i + 1
-            out.append(Tok("op", i, j, c))
+            j = m.end()
+            out.append(Tok("comment" if kind == "comment" else kind, i, j, m.group()))
         i = j
     return out
 
@@ -226,6 +218,11 @@ class Edit:
     end: int
     text: str
 
+    @functools.cached_property
+    def code(self) -> bool:
+        """Whether the replacement holds a statement (not only blanks and comments)."""
+        return _has_code(self.text)
+
 
 @dataclass
 class Note:
@@ -261,17 +258,18 @@ class Script:
         self.nl = "\r\n" if "\r\n" in text else "\n"
         self.line_starts = [0] + [m.end() for m in re.finditer(r"\n", text)]
         self.batch = self._batches()
+        # Indexes, so that a large script costs time in proportion to its size.
+        self.tok_starts = [t.start for t in self.toks]
+        self.sig_starts = [t.start for t in self.sig]
+        self.var_index: dict[tuple[str, int], list[int]] = {}
+        self._occurrences: dict[tuple[str, int], list[Occurrence]] = {}
+        for i, t in enumerate(self.sig):
+            if t.kind == "var":
+                self.var_index.setdefault((t.low, self.batch[i]), []).append(i)
 
     # positions
     def line(self, offset: int) -> int:
-        lo, hi = 0, len(self.line_starts) - 1
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if self.line_starts[mid] <= offset:
-                lo = mid
-            else:
-                hi = mid - 1
-        return lo + 1
+        return bisect.bisect_right(self.line_starts, offset)
 
     def line_start(self, offset: int) -> int:
         return self.line_starts[self.line(offset) - 1]
@@ -419,13 +417,12 @@ class Script:
 
     # variables
     def occurrences(self, name: str, batch: int) -> list[Occurrence]:
-        want = name.lower()
-        out = []
-        for i, t in enumerate(self.sig):
-            if t.kind != "var" or t.low != want or self.batch[i] != batch:
-                continue
-            out.append(self._occurrence(i))
-        return out
+        key = (name.lower(), batch)
+        cached = self._occurrences.get(key)
+        if cached is None:
+            cached = [self._occurrence(i) for i in self.var_index.get(key, [])]
+            self._occurrences[key] = cached
+        return cached
 
     def _occurrence(self, i: int) -> Occurrence:
         nxt = self.at(i + 1)
@@ -514,6 +511,7 @@ class Rewriter:
     def __init__(self, script: Script) -> None:
         self.s = script
         self.used_names = {t.low for t in script.sig if t.kind == "var"}
+        self._assignments: dict[tuple[str, int], tuple[list[Occurrence], list[Occurrence]]] = {}
 
     def fresh(self, base: str) -> str:
         name, n = f"@sqlbridge_{base}", 1
@@ -525,9 +523,12 @@ class Rewriter:
 
     # what a variable holds
     def single_assignment(self, name: str, batch: int, before: int) -> Occurrence:
-        occ = self.s.occurrences(name, batch)
-        writes = [o for o in occ if o.kind == "write"]
-        assigns = [o for o in occ if o.expr_at is not None]
+        key = (name.lower(), batch)
+        if key not in self._assignments:
+            occ = self.s.occurrences(name, batch)
+            self._assignments[key] = ([o for o in occ if o.kind == "write"],
+                                      [o for o in occ if o.expr_at is not None])
+        writes, assigns = self._assignments[key]
         if writes:
             raise Refuse(f"{name} is changed in a way this tool does not follow "
                          f"(line {self.s.line(self.s.sig[writes[0].at].start)})")
@@ -556,8 +557,12 @@ class Rewriter:
 
     def check_unchanged(self, names: Iterable[str], batch: int, after: int, until: int) -> None:
         for name in names:
-            for o in self.s.occurrences(name, batch):
-                if after < o.at < until and o.kind in ("assign", "write", "declare"):
+            occ = self.s.occurrences(name, batch)
+            first = bisect.bisect_right(self.s.var_index.get((name.lower(), batch), []), after)
+            for o in occ[first:]:
+                if o.at >= until:
+                    break
+                if o.kind in ("assign", "write", "declare"):
                     raise Refuse(f"{name} changes between building the request and sending it")
 
     # the group
@@ -1079,10 +1084,10 @@ class Rewriter:
 
     def _starts_code(self, offset: int) -> bool:
         """Whether ``offset`` is a token boundary outside strings and comments."""
-        for t in self.s.toks:
-            if t.start <= offset < t.end:
-                return t.kind == "ws" or t.start == offset
-        return True
+        i = bisect.bisect_right(self.s.tok_starts, offset) - 1
+        if i < 0 or offset >= self.s.toks[i].end:
+            return True
+        return self.s.toks[i].kind == "ws" or self.s.toks[i].start == offset
 
 
 def _comment(text: str) -> str:
@@ -1166,6 +1171,7 @@ def migrate(text: str) -> Migration:
     calls = s.calls()
     groups, orphans = _groups(s, calls)
     edits: list[Edit] = []
+    by_batch: dict[int, Accepted] = {}  # the rewrites accepted so far, per batch
     claimed: set[int] = set()
     for g in groups:
         line = s.line(s.sig[g.create.first].start)
@@ -1177,11 +1183,12 @@ def migrate(text: str) -> Migration:
             continue
         try:
             plan = rw.plan(g)
-            ok = _apply(text, edits + plan.edits) is not None and \
-                not _new_empty_blocks(text, _apply(text, edits + plan.edits) or "")
-            if not ok:
-                raise Refuse("removing its statements would leave an empty BEGIN … END block "
-                             "or overlap another call")
+            accepted = by_batch.setdefault(g.batch, Accepted(s))
+            if accepted.overlaps(plan.edits):
+                raise Refuse("its statements overlap another call's")
+            if _empties_a_block(s, accepted.around(plan.edits) + plan.edits):
+                raise Refuse("removing its statements would leave an empty BEGIN … END block")
+            accepted.add(plan.edits)
         except (Refuse, LookupError, ValueError, TypeError, AttributeError) as exc:
             # Anything but Refuse is a case this reader did not foresee: the call stays as it
             # is, which is always safe, instead of the whole file failing.
@@ -1218,28 +1225,28 @@ def _already_there(text: str, e: Edit) -> bool:
 
 
 def _groups(s: Script, calls: list[Call]) -> tuple[list[Group], list[Call]]:
+    """Each sp_OACreate with the calls on its handle variable that follow it in its batch (up
+    to the next sp_OACreate into that variable); the calls on no such object apart."""
     groups: list[Group] = []
-    grouped: set[int] = set()
-    for i, c in enumerate(calls):
-        if c.proc != "sp_oacreate":
-            continue
-        progid, handle = c.arg(0), c.arg(1)
-        if progid is None or progid.kind != "str" or handle is None or handle.kind != "var":
-            continue
+    orphans: list[Call] = []
+    current: dict[tuple[int, str], Group] = {}
+    for c in calls:
         batch = s.batch[c.first]
-        members = [c]
-        for d in calls[i + 1:]:
-            if s.batch[d.first] != batch:
-                break
-            h = d.arg(1 if d.proc == "sp_oacreate" else 0)
-            if h is None or h.kind != "var" or h.tok.low != handle.tok.low:
+        if c.proc == "sp_oacreate":
+            progid, handle = c.arg(0), c.arg(1)
+            if progid is not None and progid.kind == "str" and handle is not None and \
+                    handle.kind == "var":
+                g = Group(c, handle.tok.value, progid.tok.value, [c], batch)
+                groups.append(g)
+                current[(batch, handle.tok.low)] = g
                 continue
-            if d.proc == "sp_oacreate":
-                break  # the same variable now holds another object
-            members.append(d)
-        grouped.update(id(m) for m in members)
-        groups.append(Group(c, handle.tok.value, progid.tok.value, members, batch))
-    return groups, [c for c in calls if id(c) not in grouped]
+        h = c.arg(0)
+        g = current.get((batch, h.tok.low)) if h is not None and h.kind == "var" else None
+        if g is not None and c.proc != "sp_oacreate":
+            g.members.append(c)
+        else:
+            orphans.append(c)
+    return groups, orphans
 
 
 def _apply(text: str, edits: list[Edit]) -> str | None:
@@ -1256,21 +1263,79 @@ def _apply(text: str, edits: list[Edit]) -> str | None:
     return "".join(out)
 
 
-def _empty_blocks(text: str) -> int:
-    sig = [t for t in lex(text) if t.kind not in ("ws", "comment")]
-    count = 0
-    for i, t in enumerate(sig[:-1]):
-        if t.kind == "word" and t.low == "begin":
-            j = i + 1
-            if sig[j].kind == "word" and sig[j].low in ("try", "catch") and j + 1 < len(sig):
-                j += 1
-            if sig[j].kind == "word" and sig[j].low == "end":
-                count += 1
-    return count
+class Accepted:
+    """The edits of the calls already rewritten in one batch, sorted, so that a new call is
+    checked against its neighbours only."""
+
+    def __init__(self, script: Script) -> None:
+        self.s = script
+        self.edits: list[Edit] = []
+        self.starts: list[int] = []
+
+    def add(self, edits: list[Edit]) -> None:
+        for e in edits:
+            i = bisect.bisect_right(self.starts, e.start)
+            self.starts.insert(i, e.start)
+            self.edits.insert(i, e)
+
+    def overlaps(self, edits: list[Edit]) -> bool:
+        for e in edits:
+            i = bisect.bisect_left(self.starts, e.start)
+            if i > 0 and self.edits[i - 1].end > e.start:
+                return True
+            if i < len(self.edits) and self.edits[i].start < max(e.end, e.start + 1):
+                return True
+        return False
+
+    def around(self, edits: list[Edit]) -> list[Edit]:
+        """The accepted edits without code chained to these by nothing but blanks and comments
+        (an edit that leaves a statement ends the chain: the block is not empty there)."""
+        sig = self.s.sig_starts
+        out: list[Edit] = []
+        for e in edits:
+            i = bisect.bisect_left(self.starts, e.start) - 1
+            edge = e.start
+            while i >= 0 and not self.edits[i].code and \
+                    bisect.bisect_left(sig, self.edits[i].end) == bisect.bisect_left(sig, edge):
+                out.append(self.edits[i])
+                edge, i = self.edits[i].start, i - 1
+            i = bisect.bisect_left(self.starts, e.end)
+            edge = e.end
+            while i < len(self.edits) and not self.edits[i].code and \
+                    bisect.bisect_left(sig, self.edits[i].start) == bisect.bisect_left(sig, edge):
+                out.append(self.edits[i])
+                edge, i = self.edits[i].end, i + 1
+        return out
 
 
-def _new_empty_blocks(before: str, after: str) -> bool:
-    return _empty_blocks(after) > _empty_blocks(before)
+def _has_code(text: str) -> bool:
+    return any(t.kind not in ("ws", "comment") for t in lex(text))
+
+
+def _empties_a_block(s: Script, edits: list[Edit]) -> bool:
+    """Whether these edits leave ``BEGIN`` (``BEGIN TRY``, ``BEGIN CATCH``) directly followed by
+    ``END``: the removed spans next to each other (nothing but blanks and comments between)
+    are taken together, and only the tokens around them are looked at."""
+    ordered = sorted(edits, key=lambda e: (e.start, e.end))
+    runs: list[list[Any]] = []  # [start, end, has code]
+    for e in ordered:
+        code = e.code
+        if runs and not runs[-1][2] and not code and \
+                bisect.bisect_left(s.sig_starts, e.start) == \
+                bisect.bisect_left(s.sig_starts, runs[-1][1]):
+            runs[-1][1] = max(runs[-1][1], e.end)
+        else:
+            runs.append([e.start, e.end, code])
+    for start, end, code in runs:
+        if code:
+            continue
+        before = bisect.bisect_left(s.sig_starts, start) - 1
+        after = bisect.bisect_left(s.sig_starts, end)
+        if s.is_word(before, "try", "catch") and s.is_word(before - 1, "begin"):
+            before -= 1
+        if s.is_word(before, "begin") and s.is_word(after, "end"):
+            return True
+    return False
 
 
 # -- files -----------------------------------------------------------------------------------------
