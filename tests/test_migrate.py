@@ -303,6 +303,15 @@ def test_a_call_whose_removal_would_empty_a_block_is_left() -> None:
     assert "empty BEGIN … END block" in left_reason(sql)
 
 
+def test_statements_removed_side_by_side_count_together_for_an_empty_block() -> None:
+    sql = HTTP_CALL.replace("EXEC sp_OADestroy @win;",
+                            "IF @hr = 0\nBEGIN\n    EXEC sp_OADestroy @win;\n"
+                            "    -- done\n    IF @hr <> 0 EXEC sp_OAGetErrorInfo @win;\nEND;")
+    assert "empty BEGIN … END block" in left_reason(sql)
+    kept = sql.replace("-- done", "PRINT 'done';")
+    assert migrate(kept).left == []
+
+
 def test_basic_auth_in_open_is_left() -> None:
     sql = HTTP_CALL.replace("@url, 'false';", "@url, 'false', 'bob', 'hunter2';")
     assert "passes a user and password" in left_reason(sql)
@@ -403,11 +412,25 @@ def test_edited_scripts_never_raise_and_a_second_run_is_stable(name: str,
     assert migrate(result.text).text == result.text
 
 
+def test_several_calls_in_one_batch_get_their_own_variables(tmp_path: Path) -> None:
+    calls = "".join(HTTP_CALL.split("\n", 2)[2].replace("@win", f"@w{i}") for i in range(3))
+    sql = HTTP_CALL.split("\n", 2)[0].rstrip(";") + ", @w0 INT, @w1 INT, @w2 INT;\n" + \
+        HTTP_CALL.split("\n", 2)[1] + "\n" + calls
+    result = migrate(sql)
+    assert len(result.rewritten) == 3 and result.left == []
+    for name in ("@sqlbridge_response", "@sqlbridge_response_2", "@sqlbridge_response_3"):
+        assert f"DECLARE {name} NVARCHAR(MAX);" in result.text
+        assert f"@response = {name} OUTPUT;" in result.text
+    assert parse_errors(sql, tmp_path, "before.sql") == ""
+    assert parse_errors(result.text, tmp_path, "after.sql") == ""
+
+
 def test_a_handle_created_twice_is_two_objects() -> None:
     sql = HTTP_CALL.replace("EXEC @hr = sp_OACreate 'WinHttp.WinHttpRequest.5.1', @win OUT;",
                             "EXEC @hr = sp_OACreate 'WinHttp.WinHttpRequest.5.1', @win OUT;\n" * 2)
     result = migrate(sql)
     assert [n.text for n in result.left] == ["the object is not opened and sent exactly once"]
+    assert result.left[0].line == 3  # the first object: the calls belong to the second one
     assert len(result.rewritten) == 1 and migrate(result.text).text == result.text
 
 
