@@ -32,7 +32,7 @@ from urllib.parse import unquote_plus, urlsplit
 from . import registry
 
 PREFIX = "-- sqlbridge migrate: "
-LEFT = PREFIX + "left as is: "
+LEFT_AS_IS = "left as is: "
 # ProgIDs of the COM objects that speak HTTP.
 HTTP_PROGID = re.compile(r"^(winhttp\.winhttprequest\.5\.1|msxml2\.(server)?xmlhttp(\.\d\.0)?|"
                          r"microsoft\.xmlhttp)$", re.IGNORECASE)
@@ -811,14 +811,26 @@ class Rewriter:
                 methods: list[tuple[str, Call]], url_arg: Arg, pieces: list[Piece] | None,
                 http_method: str) -> Plan:
         batch = g.batch
+        secret_query: list[str] = []
         if url_arg.kind == "str":
             url = url_arg.tok.value
             parts = urlsplit(url)
             if parts.username or parts.password:
                 raise Refuse("the URL holds a user and password: put them in a credential")
+            url, secret_query = _without_secret_query(url)
             url_value = nlit(url)
         else:
             url_value = url_arg.tok.value
+            flat = _flatten(pieces) if pieces else []
+            if "?" in flat:
+                try:
+                    keys = [k for k, _ in _query(flat[flat.index("?") + 1:])]
+                except Refuse:
+                    keys = []
+                if any(SECRET_HEADER.search(k) for k in keys):
+                    raise Refuse(f"the URL in {url_arg.tok.value} carries a secret in its query "
+                                 "string: a request row must not hold it; put it in a "
+                                 "credential (query = {...}) and rewrite this call by hand")
         host = ""
         if pieces and isinstance(pieces[0], Lit):
             host = (urlsplit(pieces[0].text).hostname or "").lower()
@@ -868,13 +880,16 @@ class Rewriter:
         if timeout is not None:
             args.append(("@timeout", str(timeout)))
         notes: list[str] = []
-        if secret:
+        if secret or secret_query:
             cred = re.sub(r"[^a-z0-9]+", "_", host or "api").strip("_")[:100] or "api"
             args.append(("@credential", nlit(cred)))
-            table = ", ".join(f'"{k}" = "…"' for k in secret)
-            notes.append(f"header(s) {', '.join(secret)} left the script: put them in the "
+            tables = [f"{part} = {{ " + ", ".join(f'"{k}" = "…"' for k in names) + " }"
+                      for part, names in (("headers", list(secret)), ("query", secret_query))
+                      if names]
+            notes.append(f"{', '.join([*secret, *secret_query])} left the script: put "
+                         f"{'it' if len(secret) + len(secret_query) == 1 else 'them'} in the "
                          f"worker's config as [accounts.default.http.credentials.{cred}] "
-                         f"headers = {{ {table} }}")
+                         + " and ".join(tables))
         notes.append(f"the worker calls the URL only if its host is in "
                      f"accounts.default.http.allowed_hosts{f' ({host})' if host else ''}")
         sync = bool(props)
@@ -1112,6 +1127,26 @@ def _exec(head: str, args: list[tuple[str, str]], width: int = 92) -> str:
     return "\n".join(lines)
 
 
+def _without_secret_query(url: str) -> tuple[str, list[str]]:
+    """The URL without the query-string parameters whose name says they are secrets (they go
+    to a credential's ``query``), and those names. Other parameters keep their exact text."""
+    base, sep, rest = url.partition("?")
+    if not sep:
+        return url, []
+    query, hash_, fragment = rest.partition("#")
+    kept, secret = [], []
+    for part in query.split("&"):
+        name = unquote_plus(part.split("=", 1)[0])
+        if part and SECRET_HEADER.search(name):
+            secret.append(name)
+        else:
+            kept.append(part)
+    if not secret:
+        return url, []
+    rebuilt = base + ("?" + "&".join(kept) if any(kept) else "")
+    return rebuilt + hash_ + fragment, secret
+
+
 def _flatten(pieces: list[Piece]) -> list[str | Var | Opaque]:
     """Literal text as single characters, variables and opaque pieces as items."""
     out: list[str | Var | Opaque] = []
@@ -1177,7 +1212,7 @@ def migrate(text: str) -> Migration:
         line = s.line(s.sig[g.create.first].start)
         if not HTTP_PROGID.match(g.progid):
             why = f"'{g.progid[:60]}' is not an HTTP object"
-            edits.append(rw.note_before(s.sig[g.create.first].start, "left as is: " + why))
+            edits.append(rw.note_before(s.sig[g.create.first].start, LEFT_AS_IS + why))
             result.left.append(Note(line, why))
             claimed.update(id(c) for c in g.members)
             continue
@@ -1194,7 +1229,7 @@ def migrate(text: str) -> Migration:
             # is, which is always safe, instead of the whole file failing.
             why = exc if isinstance(exc, Refuse) else Refuse(
                 f"this tool could not follow this call ({type(exc).__name__})")
-            edits.append(rw.note_before(s.sig[g.create.first].start, "left as is: " + str(why)))
+            edits.append(rw.note_before(s.sig[g.create.first].start, LEFT_AS_IS + str(why)))
             result.left.append(Note(line, str(why)))
             claimed.update(id(c) for c in g.members)
             continue
@@ -1207,7 +1242,7 @@ def migrate(text: str) -> Migration:
             continue
         line = s.line(s.sig[c.first].start)
         why = f"{c.proc} on an object not created by sp_OACreate in this batch"
-        edits.append(rw.note_before(s.sig[c.first].start, "left as is: " + why))
+        edits.append(rw.note_before(s.sig[c.first].start, LEFT_AS_IS + why))
         result.left.append(Note(line, why))
     # A comment already there (a second run) is not added again.
     edits = [e for e in edits if not _already_there(text, e)]

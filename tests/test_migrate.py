@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from sqlbridge import registry
 from sqlbridge.cli import main
-from sqlbridge.migrate import PREFIX, lex, migrate
+from sqlbridge.migrate import LEFT_AS_IS, PREFIX, lex, migrate
 from sqlbridge.queue import Queue
 from tests.test_tsql_parse import parse_errors
 
@@ -229,7 +229,7 @@ def test_what_cannot_be_rewritten_stays_exactly_as_written_with_a_reason() -> No
     assert reasons == ["'Scripting.FileSystemObject' is not an HTTP object",
                        "method 'getresponseheader' is not one this tool rewrites"]
     added = [line for line in result.text.splitlines() if line not in original.splitlines()]
-    assert added == [PREFIX + "left as is: " + r for r in reasons]
+    assert added == [PREFIX + LEFT_AS_IS + r for r in reasons]
     assert "\n".join(line for line in result.text.splitlines()
                      if not line.startswith(PREFIX)) + "\n" == original
 
@@ -263,7 +263,7 @@ def left_reason(sql: str) -> str:
     result = migrate(sql)
     assert result.rewritten == [], result.text
     assert len(result.left) == 1
-    assert PREFIX + "left as is: " + result.left[0].text in result.text
+    assert PREFIX + LEFT_AS_IS + result.left[0].text in result.text
     return result.left[0].text
 
 
@@ -323,6 +323,23 @@ def test_a_secret_header_from_a_variable_is_left() -> None:
         "EXEC @hr = sp_OAMethod @win, 'setRequestHeader', NULL, 'X-Api-Key', @key;\n"
         "EXEC @hr = sp_OAMethod @win, 'send';")
     assert "carries a secret from @key" in left_reason(sql)
+
+
+def test_a_secret_in_a_literal_url_s_query_string_moves_to_a_credential() -> None:
+    sql = HTTP_CALL.replace("@url, 'false';",
+                            "'https://api.example.com/v1/ping?q=a+b&api_key=k-9876#top', 'false';")
+    text = migrate(sql).text
+    assert "@url = N'https://api.example.com/v1/ping?q=a+b#top'" in text
+    assert "k-9876" not in text and "@credential = N'api_example_com'" in text
+    assert "api_key left the script: put it in the worker's config as " \
+           "[accounts.default.http.credentials.api_example_com] query = { \"api_key\" = \"…\" }" \
+        in text
+
+
+def test_a_secret_in_a_url_variable_s_query_string_is_left() -> None:
+    sql = HTTP_CALL.replace("'https://api.example.com/v1/ping'",
+                            "'https://api.example.com/v1/ping?token=t-1'")
+    assert "carries a secret in its query string" in left_reason(sql)
 
 
 def test_an_unknown_parameter_of_a_declared_afilnet_method_is_left() -> None:
