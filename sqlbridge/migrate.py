@@ -1376,9 +1376,7 @@ def _empties_a_block(s: Script, edits: list[Edit]) -> bool:
 # -- files -----------------------------------------------------------------------------------------
 
 class InputError(Exception):
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+    """The file given cannot be used (the CLI's usage error: one line, exit 2)."""
 
 
 def read_script(path: str | os.PathLike[str]) -> tuple[str, str]:
@@ -1388,18 +1386,18 @@ def read_script(path: str | os.PathLike[str]) -> tuple[str, str]:
     try:
         data = p.read_bytes()
     except FileNotFoundError:
-        raise InputError(f"{path}: no such file", 5) from None
+        raise InputError(f"{path}: no such file") from None
     except IsADirectoryError:
-        raise InputError(f"{path}: is a directory, not a .sql file", 4) from None
+        raise InputError(f"{path}: is a directory, not a .sql file") from None
     except OSError as exc:
-        raise InputError(f"{path}: cannot be read ({exc.strerror or exc})", 4) from None
+        raise InputError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     encoding = "utf-16" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8"
     try:
         return data.decode(encoding), encoding
     except UnicodeDecodeError as exc:
         raise InputError(f"{path}: not {encoding.upper()} text (byte 0x{data[exc.start]:02x} "
-                         f"at offset {exc.start}); save the script as UTF-8 and run again",
-                         4) from None
+                         f"at offset {exc.start}); save the script as UTF-8 and run again"
+                         ) from None
 
 
 def write_script(path: str | os.PathLike[str], text: str, encoding: str) -> Path:
@@ -1408,7 +1406,7 @@ def write_script(path: str | os.PathLike[str], text: str, encoding: str) -> Path
     p = Path(path)
     backup = p.with_name(p.name + ".bak")
     if backup.exists():
-        raise InputError(f"{backup} already exists: move it away, then run again", 4)
+        raise InputError(f"{backup} already exists: move it away, then run again")
     original = p.read_bytes()
     backup.write_bytes(original)
     tmp = p.with_name(p.name + ".sqlbridge-tmp")
@@ -1419,15 +1417,17 @@ def write_script(path: str | os.PathLike[str], text: str, encoding: str) -> Path
 
 def run(path: str, write: bool, echo: Callable[..., Any]) -> int:
     """The ``sqlbridge migrate`` command: the diff on stdout, a summary on stderr, and the exit
-    code (0 every call rewritten or none found, 1 some left as is, 4 unreadable input or an
-    existing backup, 5 no such file)."""
+    code (0 every call rewritten or none found, 1 some left as is, 2 a file that cannot be used:
+    missing, not text, or its backup already there)."""
+    from .cli_support import EXIT_NOT_SUCCEEDED, EXIT_OK, EXIT_USAGE
+
     try:
         text, encoding = read_script(path)
         result = migrate(text)
         backup = Path(path).with_name(Path(path).name + ".bak")
         if write and result.changed and backup.exists():
             # Checked before anything is printed: the refusal is the only line.
-            raise InputError(f"{backup} already exists: move it away, then run again", 4)
+            raise InputError(f"{backup} already exists: move it away, then run again")
         echo(result.diff(str(path)), nl=False)
         for n in sorted(result.notes, key=lambda n: n.line):
             echo(f"{path}:{n.line}: note: {n.text}", err=True)
@@ -1443,5 +1443,5 @@ def run(path: str, write: bool, echo: Callable[..., Any]) -> int:
         echo(summary, err=True)
     except InputError as exc:
         echo(f"error: {exc}", err=True)
-        return exc.exit_code
-    return 1 if result.left else 0
+        return EXIT_USAGE
+    return EXIT_NOT_SUCCEEDED if result.left else EXIT_OK

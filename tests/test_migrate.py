@@ -505,7 +505,7 @@ def test_write_keeps_a_backup_and_refuses_to_overwrite_it(tmp_path: Path) -> Non
     assert again.exit_code == 0 and "nothing to change" in again.stderr
     path.write_text(original, encoding="utf-8")
     refused = CliRunner().invoke(main, ["migrate", str(path), "--write"])
-    assert refused.exit_code == 4
+    assert refused.exit_code == 2
     assert refused.stderr == f"error: {tmp_path / 'job.sql.bak'} already exists: move it " \
                              "away, then run again\n"
     assert (tmp_path / "job.sql.bak").read_text(encoding="utf-8") == original
@@ -521,8 +521,8 @@ def test_calls_left_as_is_exit_1(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("content, code, message", [
-    (None, 5, "{path}: no such file"),
-    (b"EXEC sp_OACreate 'x\xff'", 4, "{path}: not UTF-8 text (byte 0xff at offset 19); save "
+    (None, 2, "{path}: no such file"),
+    (b"EXEC sp_OACreate 'x\xff'", 2, "{path}: not UTF-8 text (byte 0xff at offset 19); save "
                                      "the script as UTF-8 and run again"),
 ])
 def test_bad_input_is_one_line_and_its_exit_code(tmp_path: Path, content: bytes | None,
