@@ -91,3 +91,10 @@ def scrub(value: Any, secrets: Iterable[str]) -> Any:
         return v
 
     return walk(value)
+
+
+def excerpt(text: str, secrets: Iterable[str], limit: int, ellipsis: str = "…") -> str:
+    """``text`` masked, then cut to ``limit`` characters: cutting first would leave the start
+    of a secret that straddles the cut unmasked, since only whole spellings are recognised."""
+    clean = scrub(text, secrets)
+    return clean if len(clean) <= limit else clean[:limit] + ellipsis

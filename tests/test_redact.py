@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import json
 import sqlite3
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -14,6 +16,8 @@ from sqlalchemy import Engine
 from sqlbridge.allowlist import parse_entry
 from sqlbridge.cli import main
 from sqlbridge.config import Account, AfilnetSettings, HttpSettings, Secret, Settings
+from sqlbridge.errors import ProtocolError, ProviderError, TransientError
+from sqlbridge.providers.transport import SNIPPET, Transport, json_object, refuse_client_error
 from sqlbridge.queue import Queue
 from sqlbridge.redact import MASK, credential_parts, scrub
 from sqlbridge.worker import Worker
@@ -151,3 +155,50 @@ def test_echoed_credentials_never_reach_the_outbox_or_show(engine: Engine, db_ur
     for form in forms:
         assert form not in dump, form
         assert form not in printed, form
+
+
+# -- excerpts: a secret cut in half by a length limit is still a secret -------------------------
+
+
+class _Fixed(BaseHTTPRequestHandler):
+    status = 503
+    body = b""
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *_args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.send_response(self.status)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+
+@pytest.mark.parametrize("status", [503, 400, 200])
+def test_a_secret_straddling_the_excerpt_limit_leaves_no_part_behind(status: int) -> None:
+    # A body excerpt is cut at SNIPPET characters: cutting before masking left the first part
+    # of a secret that straddles the cut in error_message / response.
+    secret = "tok-Q7rT9wXz5kLm2Np8"
+    body = ("x" * (SNIPPET - 8) + secret + " tail").encode()
+    handler = type("H", (_Fixed,), {"status": status, "body": body})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01},
+                              daemon=True)
+    thread.start()
+    transport = Transport(1)
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    try:
+        with pytest.raises((TransientError, ProviderError, ProtocolError)) as info:
+            resp = transport.send("GET", url, what="t", timeout=(5, 5), secrets=[secret])
+            refuse_client_error(resp, "t", [secret])
+            json_object(resp, "t", [secret])
+    finally:
+        transport.close()
+        server.shutdown()
+        server.server_close()
+    exc = info.value
+    stored = f"{exc} {getattr(exc, 'response', None)}"
+    assert "x" * 10 in stored  # the excerpt is there...
+    assert secret[:6] not in stored  # ...without the start of the secret

@@ -42,7 +42,7 @@ import requests
 
 from ..config import Account
 from ..errors import ConfigError, ProtocolError, ProviderError
-from ..redact import scrub
+from ..redact import excerpt, scrub
 from ..registry import Operation
 from .base import CallResult
 from .session import request_options
@@ -190,11 +190,11 @@ def _read_answer(op: Operation, params: dict[str, Any], body: dict[str, Any], st
         # The vendor's code becomes outbox.error_code: keep it only if it looks like one.
         code = given if _CODE.fullmatch(given) else "UNKNOWN_ERROR"
         text = describe(op.name, code) if code == given else \
-            f"{op.name}: an unreadable error code {given[:80]!r}"
+            f"{op.name}: an unreadable error code {excerpt(given, secrets, 80, '')!r}"
         raise ProviderError(scrub(text, secrets), code=code, http_status=status_code,
                             response=clean)
     if status != "success":
-        shown = scrub(str(body.get("status"))[:50], secrets)
+        shown = excerpt(str(body.get("status")), secrets, 50, "")
         raise ProtocolError(f"{what}: 'status' is {shown!r}, neither success nor error",
                             http_status=status_code, response=clean)
     rows = records(op.lands_in, body.get("result"), params, what)

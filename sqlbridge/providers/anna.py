@@ -39,7 +39,7 @@ import requests
 from .. import delivery
 from ..config import Account
 from ..errors import ConfigError, ProtocolError, ProviderError, TransientError
-from ..redact import scrub
+from ..redact import excerpt, scrub
 from ..registry import Operation
 from .base import CallResult
 from .session import request_options
@@ -308,7 +308,7 @@ class AnnaClient:
         if not _succeeded(body, what) or not token:
             reason = field(body, "message") or "no token in the answer"
             raise ProviderError(scrub(f"{what}: the account's AnnA credentials were refused: "
-                                      f"{str(reason)[:200]}", secrets),
+                                      f"{excerpt(str(reason), secrets, 200, '')}", secrets),
                                 code="ANNA_AUTH_FAILED", http_status=resp.status_code)
         return str(token), token_lifetime(field(data, "ExpiresIn"), s.token_lifetime)
 
@@ -367,7 +367,7 @@ class AnnaClient:
                      status: int, secrets: list[str]) -> CallResult:
         clean = scrub(answer, secrets)
         if not _succeeded(answer, f"{op.name} (AnnA)"):
-            message = str(field(answer, "message") or "no message")[:500]
+            message = excerpt(str(field(answer, "message") or "no message"), secrets, 500, "")
             raise ProviderError(scrub(f"{op.name}: {message}", secrets),
                                 code=refusal_code(message), http_status=status,
                                 response=clean)

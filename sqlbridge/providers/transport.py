@@ -36,7 +36,7 @@ from urllib3.exceptions import NewConnectionError
 from .. import textsafe
 from ..backoff import parse_retry_after
 from ..errors import ProtocolError, ProviderError, TransientError
-from ..redact import scrub
+from ..redact import excerpt, spellings
 from . import watchdog
 from .ratelimit import RateLimiter
 from .session import make_session
@@ -101,7 +101,7 @@ class Transport:
             raise TransientError(
                 f"{what}: HTTP {resp.status_code} {resp.reason or ''}".rstrip(),
                 code=f"HTTP_{resp.status_code}", http_status=resp.status_code,
-                retry_after=retry_after(resp), response=scrub(snippet(resp), secrets))
+                retry_after=retry_after(resp), response=snippet(resp, secrets))
         return resp
 
     def _request(self, method: str, url: str, what: str, timeout: tuple[float, float],
@@ -129,8 +129,8 @@ class Transport:
                                  code="CONNECTION_FAILED" if never_left else "CONNECTION_LOST",
                                  delivered=not never_left) from None
         except _NOT_SENDABLE as exc:
-            raise ProviderError(scrub(f"{what}: the request cannot be sent: {exc}"[:300],
-                                      secrets), code="INVALID_REQUEST") from None
+            raise ProviderError(excerpt(f"{what}: the request cannot be sent: {exc}", secrets,
+                                        300, ""), code="INVALID_REQUEST") from None
         except requests.RequestException as exc:
             raise TransientError(f"{what}: {type(exc).__name__}", code="CONNECTION_LOST",
                                  delivered=True) from None
@@ -214,10 +214,14 @@ def retry_after(resp: requests.Response) -> float | None:
     return parse_retry_after(resp.headers.get("Retry-After"))
 
 
-def snippet(resp: requests.Response) -> str:
-    # Decoded leniently and cut in bytes first: an excerpt of a 4 MB body costs nothing.
-    text = textsafe.text((resp.content or b"")[: SNIPPET * 4].decode("utf-8", "replace"))
-    return text if len(text) <= SNIPPET else text[:SNIPPET] + "…"
+def snippet(resp: requests.Response, secrets: list[str]) -> str:
+    """The start of the body, masked before it is cut (``redact.excerpt``): cutting first left
+    the start of a secret that straddles the cut."""
+    # Decoded leniently and cut in bytes first: an excerpt of a 4 MB body costs nothing. The
+    # byte cut leaves room for the whole of any spelling of a secret that starts in the excerpt.
+    room = 4 * max((len(s) for s in spellings(secrets)), default=0)
+    text = textsafe.text((resp.content or b"")[: SNIPPET * 4 + room].decode("utf-8", "replace"))
+    return excerpt(text, secrets, SNIPPET)
 
 
 def parse_json(resp: requests.Response) -> Any:
@@ -254,7 +258,7 @@ def json_object(resp: requests.Response, what: str, secrets: list[str]) -> dict[
             resp.content.lstrip().startswith(b"<")
         kind = "an HTML page, not JSON" if html else "not valid JSON"
         raise ProtocolError(f"{what}: the answer is {kind} (HTTP {resp.status_code}): "
-                            f"{scrub(snippet(resp), secrets)!r}",
+                            f"{snippet(resp, secrets)!r}",
                             http_status=resp.status_code) from None
     if not isinstance(body, dict):
         raise ProtocolError(f"{what}: expected a JSON object, got {_json_kind(body)}",
@@ -294,4 +298,4 @@ def refuse_client_error(resp: requests.Response, what: str, secrets: list[str]) 
     if 400 <= resp.status_code < 500:
         raise ProviderError(f"{what}: HTTP {resp.status_code} {resp.reason or ''}".rstrip(),
                             code=f"HTTP_{resp.status_code}", http_status=resp.status_code,
-                            response=scrub(snippet(resp), secrets))
+                            response=snippet(resp, secrets))
