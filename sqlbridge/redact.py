@@ -6,9 +6,15 @@ in the account's list of secrets. And every known secret string is replaced wher
 also in its URL-encoded and JSON-escaped spellings, since vendors echo what they were sent: AnnA
 puts the company hash in its own error messages and in Structure's ``CompaniesHash``, and an
 echoed form body carries ``demo%40example.com``, not ``demo@example.com``. Each secret is also
-masked in base64 (standard and URL-safe, padded or not), the form Basic auth sends and servers
-echo back; ``credential_parts`` gives the parts of a header value that are credentials by
-themselves (``tok`` of ``Bearer tok``), which ``Account.secrets()`` adds to the list.
+masked in base64 (standard and URL-safe, padded or not, and at any byte alignment inside a
+longer encoded blob), the form Basic auth sends and servers echo back; URL encodings are matched
+with upper- and lower-case hex, JSON escapes in the forms PHP and .NET write; a number whose
+digits are a secret is masked too. ``credential_parts`` gives the parts of a header value that
+are credentials by themselves (``tok`` of ``Bearer tok``), which ``Account.secrets()`` adds.
+
+All spellings of all secrets are matched by one regular expression built as a trie (cached per
+list of secrets), so the cost grows with the size of the answer, not with answer size times the
+number of spellings; ``excerpt`` masks before it cuts.
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Iterable
+from functools import lru_cache
 from typing import Any
 from urllib.parse import quote, quote_plus
 
@@ -27,6 +35,12 @@ CREDENTIAL_KEYS = frozenset({
 })
 # Shorter strings would mask ordinary words and numbers all over a response.
 MIN_SECRET_LENGTH = 3
+# A base64 run this long is masked even when it is only the middle of a secret's encoding.
+MIN_BASE64_MIDDLE = 6
+_URLSAFE = str.maketrans("+/", "-_")
+_PERCENT = re.compile(r"%[0-9A-F]{2}")
+_UNICODE_ESCAPE = re.compile(r"\\u[0-9a-f]{4}")
+_TRIE_DEPTH = 3
 
 
 def credential_parts(value: str) -> list[str]:
@@ -50,9 +64,35 @@ def credential_parts(value: str) -> list[str]:
 
 
 def _base64_forms(secret: str) -> set[str]:
+    """The secret's base64 (standard and URL-safe, padded or not), and the part of it that is
+    the same wherever the secret sits inside a longer encoded text: base64 works on 3-byte
+    groups, so a secret at byte offset 1 or 2 of a blob (a server echoing a raw request, a
+    header line) encodes to other characters than the secret alone, and the last characters
+    of any alignment depend on what follows."""
     raw = secret.encode("utf-8", "surrogatepass")
     forms = {base64.b64encode(raw).decode("ascii"), base64.urlsafe_b64encode(raw).decode("ascii")}
-    return forms | {f.rstrip("=") for f in forms}
+    forms |= {f.rstrip("=") for f in forms}
+    for shift in (0, 1, 2):
+        encoded = base64.b64encode(bytes(shift) + raw).decode("ascii")
+        # Characters made only of the secret's bits: skip those holding the shift's zero
+        # bytes, stop before the one that mixes in what follows.
+        middle = encoded[-(-8 * shift // 6):(8 * (shift + len(raw))) // 6]
+        if len(middle) >= MIN_BASE64_MIDDLE:
+            forms |= {middle, middle.translate(_URLSAFE)}
+    return forms
+
+
+def _escaped_forms(s: str) -> set[str]:
+    """``s`` as URL encoders (upper- and lower-case hex, ``+`` for space) and JSON encoders
+    (``\\u00e9`` or ``\\u00E9``, PHP's ``\\/``) write it."""
+    raw = s.encode("utf-8", "surrogatepass")  # a secret read from a hostile env var
+    urls = {quote(raw, safe=""), quote_plus(raw)}
+    urls |= {_PERCENT.sub(lambda m: m.group().lower(), u) for u in urls}
+    escaped = json.dumps(s)[1:-1]
+    jsons = {escaped, _UNICODE_ESCAPE.sub(lambda m: m.group().upper().replace("\\U", "\\u"),
+                                          escaped)}
+    jsons |= {j.replace("/", "\\/") for j in jsons}
+    return {s} | urls | jsons
 
 
 def spellings(secrets: Iterable[str]) -> list[str]:
@@ -64,21 +104,70 @@ def spellings(secrets: Iterable[str]) -> list[str]:
         if not secret or len(secret) < MIN_SECRET_LENGTH:
             continue
         for s in {secret} | _base64_forms(secret):
-            raw = s.encode("utf-8", "surrogatepass")  # a secret read from a hostile env var
-            found.update({s, quote(raw, safe=""), quote_plus(raw), json.dumps(s)[1:-1]})
+            found |= _escaped_forms(s)
     return sorted(found, key=len, reverse=True)
+
+
+def _trie(words: Iterable[str], depth: int = 0) -> str:
+    """One regular expression matching any of ``words``, longest first at each position, as a
+    trie for the first few characters: the regex engine then tries only the words that share
+    the text's next characters, not every word at every position."""
+    groups: dict[str, list[str]] = {}
+    ends = False
+    for w in words:
+        if not w:
+            ends = True
+        else:
+            groups.setdefault(w[0], []).append(w[1:])
+    if depth >= _TRIE_DEPTH:
+        rests = {ch + r for ch, rs in groups.items() for r in rs}
+        alternatives = [re.escape(r) for r in sorted(rests, key=len, reverse=True)]
+    else:
+        alternatives = [re.escape(ch) + _trie(rest, depth + 1)
+                        for ch, rest in sorted(groups.items())]
+    if not alternatives:
+        return ""
+    body = "(?:" + "|".join(alternatives) + ")"
+    return body + "?" if ends else body
+
+
+@lru_cache(maxsize=32)
+def _pattern(secrets: tuple[str, ...]) -> re.Pattern[str] | None:
+    found = spellings(secrets)
+    return re.compile(_trie(found)) if found else None
+
+
+def _mask_text(v: str, pattern: re.Pattern[str]) -> str:
+    """``v`` with every span that any spelling covers masked, overlapping spans merged (a
+    later secret overlapping an earlier one is masked whole too)."""
+    match = pattern.search(v)
+    if match is None:
+        return v
+    spans: list[list[int]] = []
+    while match is not None:
+        start, end = match.span()
+        if end > start:
+            if spans and start <= spans[-1][1]:
+                spans[-1][1] = max(spans[-1][1], end)
+            else:
+                spans.append([start, end])
+        match = pattern.search(v, start + 1)
+    out, last = [], 0
+    for start, end in spans:
+        out += [v[last:start], MASK]
+        last = end
+    out.append(v[last:])
+    return "".join(out)
 
 
 def scrub(value: Any, secrets: Iterable[str]) -> Any:
     """A copy of ``value`` (str, dict, list, tuple or scalar) with every secret masked; the
-    original is left untouched."""
-    found = spellings(secrets)
+    original is left untouched. A number whose digits are a secret (a PIN echoed as a JSON
+    number) becomes the mask."""
+    pattern = _pattern(tuple(dict.fromkeys(secrets)))
 
     def text(v: str) -> str:
-        for s in found:
-            if s in v:
-                v = v.replace(s, MASK)
-        return v
+        return v if pattern is None else _mask_text(v, pattern)
 
     def walk(v: Any) -> Any:
         if isinstance(v, str):
@@ -88,6 +177,12 @@ def scrub(value: Any, secrets: Iterable[str]) -> Any:
                               and x not in (None, "") else walk(x)) for k, x in v.items()}
         if isinstance(v, list | tuple):
             return [walk(x) for x in v]
+        if isinstance(v, int | float) and not isinstance(v, bool) and pattern is not None:
+            try:
+                shown = json.dumps(v)
+            except ValueError:  # an int too long to print
+                return v
+            return MASK if text(shown) != shown else v
         return v
 
     return walk(value)

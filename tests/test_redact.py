@@ -202,3 +202,55 @@ def test_a_secret_straddling_the_excerpt_limit_leaves_no_part_behind(status: int
     stored = f"{exc} {getattr(exc, 'response', None)}"
     assert "x" * 10 in stored  # the excerpt is there...
     assert secret[:6] not in stored  # ...without the start of the secret
+
+
+# -- spellings a careful server does not use, but a careless or hostile one does ----------------
+
+
+def test_a_numeric_secret_echoed_as_a_json_number_is_masked() -> None:
+    # A PIN or numeric API key comes back as a JSON number, not a string.
+    clean = scrub({"pin": 48213957, "list": [48213957, 1.5], "ok": True, "n": 7}, ["48213957"])
+    assert clean == {"pin": MASK, "list": [MASK, 1.5], "ok": True, "n": 7}
+
+
+@pytest.mark.parametrize("shift", [0, 1, 2, 4, 5])
+def test_a_secret_inside_a_longer_base64_blob_is_masked_at_any_alignment(shift: int) -> None:
+    # A debugging endpoint echoing the raw request base64-encoded: the secret starts at any
+    # byte offset, so its base64 differs from the base64 of the secret alone.
+    secret = "tok-Q7rT9wXz5kLm2Np8"
+    raw = b"GET / HTTP/1.1\r\n" + b"x" * shift + b"Authorization: Bearer " + secret.encode() \
+        + b"\r\nAccept: */*\r\n"
+    for encode in (base64.b64encode, base64.urlsafe_b64encode):
+        blob = encode(raw).decode()
+        clean = scrub({"raw": blob}, [secret])["raw"]
+        assert MASK in clean
+        decoded = base64.b64decode(clean.replace(MASK, "") + "==", altchars=b"-_"
+                                   if encode is base64.urlsafe_b64encode else None)
+        assert secret[2:-2].encode() not in decoded
+
+
+def test_a_secret_in_lower_case_percent_encoding_or_php_json_escapes_is_masked() -> None:
+    secret = "pa/ss:wörd+1"
+    echoed = ["user=pa%2fss%3aw%c3%b6rd%2b1",  # lower-case hex, as many encoders write it
+              '{"pass":"pa\\/ss:w\\u00f6rd+1"}',  # PHP json_encode escapes '/'
+              '{"pass":"pa/ss:w\\u00F6rd+1"}']  # upper-case \\u hex (.NET)
+    assert scrub(echoed, [secret]) == ["user=***", '{"pass":"***"}', '{"pass":"***"}']
+
+
+def test_scrubbing_a_large_answer_with_many_secrets_has_no_cliff() -> None:
+    # A 5 MB answer made of many short strings, with 150 known secrets (every account's): one
+    # substring search per (string, spelling) pair took tens of seconds; the worker scrubs each
+    # answer twice.
+    import random
+    import string
+    import time
+    rng = random.Random(7)
+    secrets = [f"s{i:03d}-" + "".join(rng.choices(string.ascii_letters + "/+@", k=24))
+               for i in range(150)]
+    answer = {"items": ["".join(rng.choices(string.ascii_letters, k=10)) for _ in range(400_000)],
+              "echo": " ".join(secrets)}
+    t0 = time.process_time()
+    clean = scrub(answer, secrets)
+    took = time.process_time() - t0
+    assert clean["echo"] == " ".join([MASK] * 150)
+    assert took < 1.5, f"scrubbing took {took:.1f}s of CPU"
