@@ -23,6 +23,7 @@ import base64
 import binascii
 import json
 import re
+from bisect import bisect_right
 from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
@@ -41,6 +42,8 @@ _URLSAFE = str.maketrans("+/", "-_")
 _PERCENT = re.compile(r"%[0-9A-F]{2}")
 _UNICODE_ESCAPE = re.compile(r"\\u[0-9a-f]{4}")
 _TRIE_DEPTH = 3
+# An escape that spells one ASCII character: JSON \\uXXXX (below U+0080), JSON \\/, URL %XX.
+_ESCAPE = re.compile(r"\\u(00[0-7][0-9a-fA-F])|%([0-7][0-9a-fA-F])|\\/")
 
 
 def credential_parts(value: str) -> list[str]:
@@ -137,23 +140,71 @@ def _pattern(secrets: tuple[str, ...]) -> re.Pattern[str] | None:
     return re.compile(_trie(found)) if found else None
 
 
+def _spans(v: str, pattern: re.Pattern[str]) -> list[tuple[int, int]]:
+    """Where any spelling occurs in ``v``, overlapping occurrences included."""
+    spans = []
+    match = pattern.search(v)
+    while match is not None:
+        if match.end() > match.start():
+            spans.append(match.span())
+        match = pattern.search(v, match.start() + 1)
+    return spans
+
+
+def _unescaped_spans(v: str, pattern: re.Pattern[str]) -> list[tuple[int, int]]:
+    """Spans of ``v`` that hold a secret once its escapes are decoded: a server may write any
+    character of a secret as a JSON ``\\uXXXX`` or ``\\/`` escape or a needless ``%XX``,
+    and whoever decodes the text reads the secret. Each escape becomes its character in a
+    decoded copy, and a match there masks the escapes and characters it was read from."""
+    pieces: list[str] = []
+    # (start in the decoded copy, start in v, length in v) of each escape, in order
+    escapes: list[tuple[int, int, int]] = []
+    last = decoded = 0
+    for m in _ESCAPE.finditer(v):
+        plain = v[last:m.start()]
+        pieces.append(plain)
+        decoded += len(plain)
+        code = m.group(1) or m.group(2)
+        pieces.append(chr(int(code, 16)) if code else "/")
+        escapes.append((decoded, m.start(), m.end() - m.start()))
+        decoded += 1
+        last = m.end()
+    if not escapes:
+        return []
+    pieces.append(v[last:])
+    starts = [e[0] for e in escapes]
+
+    def original(i: int) -> tuple[int, int]:
+        """Where decoded character ``i`` came from in ``v``: (start, end)."""
+        k = bisect_right(starts, i) - 1
+        if k >= 0 and starts[k] == i:
+            return escapes[k][1], escapes[k][1] + escapes[k][2]
+        # A plain character: offset from the end of the escape before it.
+        if k < 0:
+            return i, i + 1
+        at = escapes[k][1] + escapes[k][2] + (i - starts[k] - 1)
+        return at, at + 1
+
+    return [(original(a)[0], original(b - 1)[1])
+            for a, b in _spans("".join(pieces), pattern)]
+
+
 def _mask_text(v: str, pattern: re.Pattern[str]) -> str:
     """``v`` with every span that any spelling covers masked, overlapping spans merged (a
     later secret overlapping an earlier one is masked whole too)."""
-    match = pattern.search(v)
-    if match is None:
+    found = _spans(v, pattern)
+    if "\\" in v or "%" in v:
+        found += _unescaped_spans(v, pattern)
+    if not found:
         return v
-    spans: list[list[int]] = []
-    while match is not None:
-        start, end = match.span()
-        if end > start:
-            if spans and start <= spans[-1][1]:
-                spans[-1][1] = max(spans[-1][1], end)
-            else:
-                spans.append([start, end])
-        match = pattern.search(v, start + 1)
+    merged: list[list[int]] = []
+    for start, end in sorted(found):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
     out, last = [], 0
-    for start, end in spans:
+    for start, end in merged:
         out += [v[last:start], MASK]
         last = end
     out.append(v[last:])

@@ -254,3 +254,20 @@ def test_scrubbing_a_large_answer_with_many_secrets_has_no_cliff() -> None:
     took = time.process_time() - t0
     assert clean["echo"] == " ".join([MASK] * 150)
     assert took < 1.5, f"scrubbing took {took:.1f}s of CPU"
+
+
+@pytest.mark.parametrize("echo", [
+    "t\\u006fk-Q7rT9wXz5kLm2Np8",  # one letter escaped: decodes to the secret
+    "\\u0074\\u006F\\u006b-Q7rT9wXz5kLm2Np8",
+    "tok%2DQ7rT9wXz5kLm2Np8", "%74ok-Q7rT9%77Xz5kLm2Np8",  # needless percent-encoding
+    "tok-Q7rT9w\\u0058z5kLm2Np8",
+])
+def test_a_secret_split_by_escapes_that_decode_to_it_is_masked(echo: str) -> None:
+    # After one JSON parse, a string holding JSON text (a gateway echoing a body as a string)
+    # keeps its escapes: whoever decodes it again reads the secret.
+    secret = "tok-Q7rT9wXz5kLm2Np8"
+    inner = '{"auth": "' + echo + '", "ok": 1}'
+    answer = json.loads(json.dumps({"body": inner}))
+    clean = scrub(answer, [secret])
+    assert clean == {"body": '{"auth": "***", "ok": 1}'}
+    assert secret not in json.loads(clean["body"])["auth"]
