@@ -595,3 +595,35 @@ def test_a_row_inserted_directly_with_an_ambiguous_url_fails_in_the_worker(
     assert (row["status"], row["error_code"]) == ("failed", "INCORRECT_URL")
     assert "backslash" in row["error_message"] and len(row["attempt_rows"]) == 1
     assert (len(forbidden.connections), len(allowed.requests)) == before
+
+
+# -- caller headers that control framing or the connection ------------------------------------
+
+
+@pytest.mark.parametrize("headers", [
+    {"Transfer-Encoding": "chunked"},  # with requests' Content-Length: TE.CL request smuggling
+    {"transfer-encoding": "identity"}, {"Content-Length": "0"},
+    {"Connection": "close, Host"},  # a proxy that drops what Connection names drops Host
+    {"Keep-Alive": "timeout=600"}, {"Upgrade": "h2c"}, {"TE": "trailers"}, {"Trailer": "X"},
+    {"Proxy-Connection": "keep-alive"}, {"Proxy-Authorization": "Basic eDp5"},
+    # A name that is not an RFC 9110 token: "Transfer-Encoding : chunked" is framing to some
+    # servers and not to others; Python's own server stopped reading headers at "X-A :".
+    {"Transfer-Encoding ": "chunked"}, {"X-A ": "x"}, {"X A": "x"}, {"X-A\t": "x"},
+    {"X(A)": "x"}, {"X-\u00c4": "x"},
+])
+def test_a_caller_header_that_controls_framing_or_the_connection_is_refused(
+        providers: Providers, headers: dict[str, str]) -> None:
+    # A body "0\r\n\r\nGET /internal HTTP/1.1\r\nHost: internal.test\r\n\r\n" sent with both
+    # Transfer-Encoding and Content-Length is two requests to a server that honours TE (the
+    # second one on any vhost, past the Host rule), and its answer is left on the pooled
+    # keep-alive connection for the next row, perhaps another account's.
+    with Capture() as server:
+        acct = account(server.url, allow_private=True)
+        smuggled = "0\r\n\r\nGET /internal HTTP/1.1\r\nHost: internal.test\r\n\r\n"
+        with pytest.raises(ProviderError) as e:
+            call(providers, acct, f"{server.url}/h", method="POST", headers=headers,
+                 payload=smuggled)
+        assert e.value.code == "INVALID_REQUEST" and not e.value.retryable
+        name = next(iter(headers))
+        assert repr(name).lower() in str(e.value).lower()
+        assert server.connections == []

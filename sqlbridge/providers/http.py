@@ -22,6 +22,7 @@ host outside the allowlist is not even resolved.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -40,6 +41,13 @@ from .transport import RETRYABLE_STATUS, Transport, parse_json, retry_after
 
 # Hop-by-hop headers say nothing about the answer; cookies are credentials.
 _DROP_HEADERS = {"set-cookie", "connection", "keep-alive", "transfer-encoding"}
+# Caller headers that would change how the message is framed or how the connection is used:
+# with requests' own Content-Length, a Transfer-Encoding makes one row two requests to a server
+# that honours it (the second to any virtual host, its answer left on the pooled connection for
+# the next row); a proxy drops whatever Connection names, Host included. The client sets these.
+_REFUSED_HEADERS = ("connection", "content-length", "keep-alive", "proxy-authorization",
+                    "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 JSON_TYPE = "application/json; charset=utf-8"
 TEXT_TYPE = "text/plain; charset=utf-8"
 
@@ -151,6 +159,17 @@ class HttpClient:
         pin = host_allowed(str(params["url"]), account)
         headers: CaseInsensitiveDict[str] = CaseInsensitiveDict(
             {str(k): str(v) for k, v in (params.get("headers") or {}).items()})
+        odd = sorted(k for k in headers if not _TOKEN.fullmatch(k))
+        if odd:
+            raise ProviderError(f"http.request: the header name {odd[0]!r} is not a valid HTTP "
+                                "field name (letters, digits and !#$%&'*+-.^_`|~ only; servers "
+                                "read anything else differently); not sent",
+                                code="INVALID_REQUEST")
+        refused = sorted(k for k in headers if k.lower() in _REFUSED_HEADERS)
+        if refused:
+            raise ProviderError(f"http.request: the header {refused[0]!r} cannot be set by a "
+                                f"request (the HTTP client sets {', '.join(_REFUSED_HEADERS)}); "
+                                "not sent", code="INVALID_REQUEST")
         data, content_type = body_and_type(params.get("payload"))
         if content_type and "Content-Type" not in headers:
             headers["Content-Type"] = content_type
