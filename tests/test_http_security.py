@@ -627,3 +627,37 @@ def test_a_caller_header_that_controls_framing_or_the_connection_is_refused(
         name = next(iter(headers))
         assert repr(name).lower() in str(e.value).lower()
         assert server.connections == []
+
+
+def test_concurrent_calls_to_different_hosts_keep_their_own_pin_and_host(
+        providers: Providers, test_names: dict[str, Any]) -> None:
+    """Threads sharing one session and its keep-alive pools, each pinned to its own host:
+    no thread's pin, Host or pooled connection serves another's request."""
+    with Capture() as a, Capture() as b:
+        acct = account(f"http://a.test:{a.port}", f"http://b.test:{b.port}",
+                       f"http://c.test:{a.port}", allow_private=True)
+        errors: list[BaseException] = []
+
+        def run(host: str, port: int) -> None:
+            try:
+                for i in range(25):
+                    got = call(providers, acct, f"http://{host}:{port}/{host}/{i}")
+                    seen = got.response["result"]
+                    assert (seen["headers"]["Host"], seen["path"]) == (f"{host}:{port}",
+                                                                       f"/{host}/{i}")
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run, args=args) for args in
+                   [("a.test", a.port), ("b.test", b.port), ("c.test", a.port)] * 3]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors[:3]
+        assert {r["headers"]["Host"] for r in a.requests} == {f"a.test:{a.port}",
+                                                              f"c.test:{a.port}"}
+        assert {r["headers"]["Host"] for r in b.requests} == {f"b.test:{b.port}"}
+        assert len(a.requests) == 150 and len(b.requests) == 75
+        # Keep-alive did its job: far fewer connections than requests.
+        assert len(a.connections) + len(b.connections) < 40
