@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from .allowlist import Entry, parse_entry
 from .errors import ConfigError
@@ -156,8 +156,13 @@ class Account:
             values.extend(v.reveal() for v in cred.query.values())
         for section in (self.afilnet, self.anna, self.http):
             if section.proxy:
-                password = urlsplit(section.proxy.reveal()).password
-                values.extend([section.proxy.reveal(), *([password] if password else [])])
+                # requests decodes the user and password before building Proxy-Authorization:
+                # what travels is the decoded pair, and each part of it.
+                proxy = urlsplit(section.proxy.reveal())
+                values.append(section.proxy.reveal())
+                if proxy.password:
+                    user, password = unquote(proxy.username or ""), unquote(proxy.password)
+                    values.extend([proxy.password, password, f"{user}:{password}"])
         return list(dict.fromkeys(v for v in values if len(v) >= 3))
 
 

@@ -8,6 +8,7 @@ the account's secret headers. The allowed path still works over real HTTP.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import ipaddress
 import json
@@ -661,3 +662,20 @@ def test_concurrent_calls_to_different_hosts_keep_their_own_pin_and_host(
         assert len(a.requests) == 150 and len(b.requests) == 75
         # Keep-alive did its job: far fewer connections than requests.
         assert len(a.connections) + len(b.connections) < 40
+
+
+def test_a_percent_encoded_proxy_password_is_scrubbed_as_the_proxy_receives_it(
+        providers: Providers) -> None:
+    # requests decodes the proxy URL's user and password before it builds Proxy-Authorization:
+    # what travels (and is echoed back by a proxy or a server it forwards to) is "p@ss/w0rd!",
+    # not the "p%40ss%2Fw0rd%21" written in the URL.
+    with Capture() as proxy:
+        acct = account("http://api.example.com", secret=False,
+                       proxy=Secret(f"http://ops%40corp:p%40ss%2Fw0rd%21@127.0.0.1:{proxy.port}"))
+        got = call(providers, acct, "http://api.example.com/echo-secrets")
+        sent = proxy.requests[-1]["headers"]["Proxy-Authorization"]
+    assert base64.b64decode(sent.split()[1]) == b"ops@corp:p@ss/w0rd!"
+    stored = json.dumps(got.response)
+    for form in ("p@ss/w0rd!", sent.split()[1], "ops@corp:p@ss/w0rd!"):
+        assert form not in stored, form
+    assert "***" in stored
