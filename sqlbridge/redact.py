@@ -23,7 +23,6 @@ import base64
 import binascii
 import json
 import re
-from bisect import bisect_right
 from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
@@ -151,42 +150,52 @@ def _spans(v: str, pattern: re.Pattern[str]) -> list[tuple[int, int]]:
     return spans
 
 
+def _escape_table() -> dict[str, str]:
+    """Each escape ``_ESCAPE`` matches and the character it stands for."""
+    table = {"\\/": "/"}
+    for code in range(0x80):
+        for hexa in {f"{code:02x}", f"{code:02X}"}:  # the first digit is 0-7: no case
+            table[f"%{hexa}"] = table[f"\\u00{hexa}"] = chr(code)
+    return table
+
+
+_UNESCAPED = _escape_table()
+
+
+def _unescape(m: re.Match[str]) -> str:
+    return _UNESCAPED[m.group()]
+
+
 def _unescaped_spans(v: str, pattern: re.Pattern[str]) -> list[tuple[int, int]]:
     """Spans of ``v`` that hold a secret once its escapes are decoded: a server may write any
     character of a secret as a JSON ``\\uXXXX`` or ``\\/`` escape or a needless ``%XX``,
-    and whoever decodes the text reads the secret. Each escape becomes its character in a
-    decoded copy, and a match there masks the escapes and characters it was read from."""
-    pieces: list[str] = []
-    # (start in the decoded copy, start in v, length in v) of each escape, in order
-    escapes: list[tuple[int, int, int]] = []
-    last = decoded = 0
-    for m in _ESCAPE.finditer(v):
-        plain = v[last:m.start()]
-        pieces.append(plain)
-        decoded += len(plain)
-        code = m.group(1) or m.group(2)
-        pieces.append(chr(int(code, 16)) if code else "/")
-        escapes.append((decoded, m.start(), m.end() - m.start()))
-        decoded += 1
-        last = m.end()
-    if not escapes:
+    and whoever decodes the text reads the secret. A match in the decoded copy masks the
+    escapes and characters it was read from. Memory: the decoded copy only; the positions
+    are mapped back in one pass over the escapes, and only when something matched."""
+    decoded = _ESCAPE.sub(_unescape, v)
+    if len(decoded) == len(v):
         return []
-    pieces.append(v[last:])
-    starts = [e[0] for e in escapes]
-
-    def original(i: int) -> tuple[int, int]:
-        """Where decoded character ``i`` came from in ``v``: (start, end)."""
-        k = bisect_right(starts, i) - 1
-        if k >= 0 and starts[k] == i:
-            return escapes[k][1], escapes[k][1] + escapes[k][2]
-        # A plain character: offset from the end of the escape before it.
-        if k < 0:
-            return i, i + 1
-        at = escapes[k][1] + escapes[k][2] + (i - starts[k] - 1)
-        return at, at + 1
-
-    return [(original(a)[0], original(b - 1)[1])
-            for a, b in _spans("".join(pieces), pattern)]
+    found = _spans(decoded, pattern)
+    if not found:
+        return []
+    points = sorted({p for a, b in found for p in (a, b - 1)})
+    where: dict[int, tuple[int, int]] = {}
+    shift = 0  # original index minus decoded index, for characters before the next escape
+    k = 0
+    for m in _ESCAPE.finditer(v):
+        if k == len(points):
+            break
+        at = m.start() - shift  # the decoded index of this escape's character
+        while k < len(points) and points[k] < at:
+            where[points[k]] = (points[k] + shift, points[k] + shift + 1)
+            k += 1
+        if k < len(points) and points[k] == at:
+            where[at] = m.span()
+            k += 1
+        shift += m.end() - m.start() - 1
+    for p in points[k:]:
+        where[p] = (p + shift, p + shift + 1)
+    return [(where[a][0], where[b - 1][1]) for a, b in found]
 
 
 def _mask_text(v: str, pattern: re.Pattern[str]) -> str:
