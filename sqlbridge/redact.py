@@ -140,13 +140,20 @@ def _pattern(secrets: tuple[str, ...]) -> re.Pattern[str] | None:
 
 
 def _spans(v: str, pattern: re.Pattern[str]) -> list[tuple[int, int]]:
-    """Where any spelling occurs in ``v``, overlapping occurrences included."""
-    spans = []
+    """Where any spelling occurs in ``v``, overlapping occurrences merged into one span (a
+    secret overlapping another is masked whole too)."""
+    spans: list[tuple[int, int]] = []
     match = pattern.search(v)
     while match is not None:
-        if match.end() > match.start():
-            spans.append(match.span())
-        match = pattern.search(v, match.start() + 1)
+        start, end = match.span()
+        if spans and start <= spans[-1][1]:
+            if end > spans[-1][1]:
+                spans[-1] = (spans[-1][0], end)
+        elif end > start:
+            spans.append((start, end))
+        # A later match that could reach past this span starts after this match's start;
+        # the first one that reaches past it is what extends the span.
+        match = pattern.search(v, start + 1)
     return spans
 
 

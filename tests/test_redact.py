@@ -271,3 +271,17 @@ def test_a_secret_split_by_escapes_that_decode_to_it_is_masked(echo: str) -> Non
     clean = scrub(answer, [secret])
     assert clean == {"body": '{"auth": "***", "ok": 1}'}
     assert secret not in json.loads(clean["body"])["auth"]
+
+
+def test_a_run_of_overlapping_matches_is_one_span_in_bounded_memory() -> None:
+    # "aaaaaaaa" matches at every position of a run of a's: the spans are merged as they are
+    # found, not collected one per position.
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        clean = scrub("x" + "a" * 300_000 + "x", ["aaaaaaaa"])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert clean == f"x{MASK}x"
+    assert peak < 8_000_000, f"{peak / 1e6:.0f} MB"
