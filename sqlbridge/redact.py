@@ -41,6 +41,8 @@ _URLSAFE = str.maketrans("+/", "-_")
 _PERCENT = re.compile(r"%[0-9A-F]{2}")
 _UNICODE_ESCAPE = re.compile(r"\\u[0-9a-f]{4}")
 _TRIE_DEPTH = 3
+# name=value or name="value" inside a header value
+_PARAMETER = re.compile(r'[A-Za-z0-9_-]+=(?:"([^"]*)"|([^\s,;"=]+))')
 # An escape that spells one ASCII character: JSON \\uXXXX (below U+0080), JSON \\/, URL %XX.
 _ESCAPE = re.compile(r"\\u(00[0-7][0-9a-fA-F])|%([0-7][0-9a-fA-F])|\\/")
 
@@ -62,6 +64,12 @@ def credential_parts(value: str) -> list[str]:
                 decoded = ""
             if decoded:
                 parts.extend([decoded, *decoded.split(":", 1)])
+    # Parameters (``key="…"``, ``Signature=…`` of a Digest, AWS or custom scheme): a value
+    # that looks like a key (letters and digits, 8 or more characters) is one on its own.
+    for m in _PARAMETER.finditer(value):
+        v = m.group(1) or m.group(2)
+        if len(v) >= 8 and any(c.isdigit() for c in v) and any(c.isalpha() for c in v):
+            parts.append(v)
     return list(dict.fromkeys(p for p in parts if p))
 
 

@@ -285,3 +285,19 @@ def test_a_run_of_overlapping_matches_is_one_span_in_bounded_memory() -> None:
         tracemalloc.stop()
     assert clean == f"x{MASK}x"
     assert peak < 8_000_000, f"{peak / 1e6:.0f} MB"
+
+
+def test_a_parameter_of_a_structured_credential_header_is_a_secret_on_its_own() -> None:
+    # A server that echoes only the key of "ApiKey key=...", or the signature of an
+    # AWS-style header, echoes a credential; ordinary words in such a header stay readable.
+    aws = ("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE7Q2/20150830/us-east-1/iam/aws4_request, "
+           "SignedHeaders=content-type;host, Signature=5d672d79c15b13162d9279b0855cfba6")
+    parts = credential_parts(aws)
+    assert "5d672d79c15b13162d9279b0855cfba6" in parts
+    assert "AKIDEXAMPLE7Q2/20150830/us-east-1/iam/aws4_request" in parts
+    assert "content-type" not in parts and "host" not in parts
+    assert "k3y-9f8e7d6c" in credential_parts('ApiKey key="k3y-9f8e7d6c", realm=api')
+    assert "s3cr3t-t0ken" in credential_parts("token=s3cr3t-t0ken;v=1")
+    assert scrub("the content-type was wrong for key k3y-9f8e7d6c",
+                 credential_parts('ApiKey key="k3y-9f8e7d6c"')) == \
+        f"the content-type was wrong for key {MASK}"
