@@ -113,7 +113,10 @@ def spellings(secrets: Iterable[str]) -> list[str]:
     for secret in secrets:
         if not secret or len(secret) < MIN_SECRET_LENGTH:
             continue
-        for s in {secret} | _base64_forms(secret):
+        # Read back as ISO-8859-1 (header values; text/* without a charset, to requests), a
+        # UTF-8 secret is "pÃ¤ss…": the secret to whoever decodes it again.
+        latin1 = secret.encode("utf-8", "surrogatepass").decode("latin-1")
+        for s in {secret, latin1} | _base64_forms(secret):
             found |= _escaped_forms(s)
     return sorted(found, key=len, reverse=True)
 

@@ -4,7 +4,8 @@ connection it accepts (before any byte is read) and every request, and answers w
 ``GET /redirect?to=URL`` answers 302 to URL; ``/echo-secrets`` answers with every header value,
 its parts, and their base64 encodings and decodings (a hostile server echoing credentials);
 ``/afilnet-echo`` does the same as an Afilnet ``{"status": "SUCCESS", "result": …}`` answer;
-``/reason-echo`` answers 400 with those forms as the status line's reason phrase.
+``/reason-echo`` answers 400 with those forms as the status line's reason phrase; ``/text-echo``
+answers them as UTF-8 ``text/plain`` without a charset (read as ISO-8859-1 by requests).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.requests.append(seen)
         parts = urlsplit(self.path)
         status, extra, answer, reason = 200, {}, seen, None
+        content_type = "application/json"
         if parts.path == "/redirect":
             status, extra = 302, {"Location": parse_qs(parts.query)["to"][0]}
         elif parts.path == "/echo-secrets":
@@ -60,14 +62,16 @@ class _Handler(BaseHTTPRequestHandler):
         elif parts.path == "/reason-echo":  # the credentials in the status line's reason
             status, reason = 400, " ".join(echoes(headers))[:1000]
             answer = {"echo": echoes(headers)}
+        elif parts.path == "/text-echo":  # UTF-8 text without a charset: ISO-8859-1 to requests
+            answer, content_type = {"echo": echoes(headers)}, "text/plain"
         elif parts.path.startswith("/afilnet-echo"):
             answer = {"status": "SUCCESS", "result": {"echo": echoes(headers),
                                                       "form": seen["body"]}}
-        data = json.dumps(answer).encode()
+        data = json.dumps(answer, ensure_ascii=False).encode()
         self.send_response(status, reason)
         for k, v in extra.items():
             self.send_header(k, v)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)

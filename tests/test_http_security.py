@@ -679,3 +679,19 @@ def test_a_percent_encoded_proxy_password_is_scrubbed_as_the_proxy_receives_it(
     for form in ("p@ss/w0rd!", sent.split()[1], "ops@corp:p@ss/w0rd!"):
         assert form not in stored, form
     assert "***" in stored
+
+
+def test_a_non_ascii_secret_echoed_in_a_body_read_as_latin_1_is_scrubbed(
+        providers: Providers) -> None:
+    # text/* without a charset is ISO-8859-1 to requests (and header values always are): a
+    # UTF-8 password comes back as "pÃ¤ss…", which is the password to anyone who re-decodes it.
+    password = "pässwörd-ünïcode"
+    with Capture() as server:
+        acct = Account("default", http=HttpSettings(
+            allowed_hosts=(parse_entry(server.url, allow_private=True),),
+            headers={"X-Password": Secret(password)}, read_timeout=10, connect_timeout=5))
+        got = call(providers, acct, f"{server.url}/text-echo")
+    mojibake = password.encode().decode("latin-1")
+    stored = json.dumps(got.response, ensure_ascii=False)
+    assert password not in stored and mojibake not in stored
+    assert "***" in stored
