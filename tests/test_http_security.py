@@ -695,3 +695,19 @@ def test_a_non_ascii_secret_echoed_in_a_body_read_as_latin_1_is_scrubbed(
     stored = json.dumps(got.response, ensure_ascii=False)
     assert password not in stored and mojibake not in stored
     assert "***" in stored
+
+
+def test_netrc_credentials_are_not_sent_by_http_request(
+        providers: Providers, allowed: Capture, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # requests adds Basic auth from ~/.netrc (or $NETRC) to a request without Authorization: a
+    # "default" entry would go to every allowlisted host, and is not among the account's
+    # secrets, so an echo of it would be stored unmasked.
+    netrc = tmp_path / "netrc"
+    netrc.write_text("default login netrc-user password netrc-pw-7731\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    got = call(providers, account(allowed.url, allow_private=True, secret=False),
+               f"{allowed.url}/no-netrc")
+    assert got.http_status == 200
+    assert "Authorization" not in allowed.requests[-1]["headers"]

@@ -53,7 +53,8 @@ def request_options(settings: TransportSettings, *, environment_proxies: bool = 
     requests' bundle). A configured ``proxy`` carries both schemes. Without one, requests would
     take ``HTTP(S)_PROXY`` from the environment; ``environment_proxies=False`` (http.request)
     refuses that, because the address check and the pinned connection hold only when sqlbridge
-    itself connects, or goes through a proxy the account names.
+    itself connects, or goes through a proxy the account names; it also keeps netrc
+    credentials out of the request.
     """
     options: dict[str, Any] = {
         "verify": (settings.ca_bundle or True) if settings.verify_tls else False}
@@ -63,4 +64,13 @@ def request_options(settings: TransportSettings, *, environment_proxies: bool = 
     elif not environment_proxies:
         # None values are dropped after requests merged the environment in: no proxy at all.
         options["proxies"] = {"http": None, "https": None, "all": None}
+    if not environment_proxies:
+        # Nor credentials from ~/.netrc or $NETRC, which requests adds to a request without
+        # auth: a "default" entry would go to every allowlisted host, unknown to the scrubber.
+        options["auth"] = _no_auth
     return options
+
+
+def _no_auth(request: requests.PreparedRequest) -> requests.PreparedRequest:
+    """An auth that adds nothing; being set, it keeps requests from reading netrc."""
+    return request
