@@ -201,8 +201,10 @@ def test_tls_is_verified_by_default_and_no_proxy_is_set() -> None:
     acct = load(env={}).account("default")
     for section in (acct.afilnet, acct.anna, acct.http):
         assert request_options(section) == {"verify": True}
-    assert request_options(acct.http, environment_proxies=False) == {
-        "verify": True, "proxies": {"http": None, "https": None, "all": None}}
+    options = request_options(acct.http, environment_proxies=False)
+    sentinel = object()
+    assert options.pop("auth")(sentinel) is sentinel  # adds nothing; keeps netrc out
+    assert options == {"verify": True, "proxies": {"http": None, "https": None, "all": None}}
 
 
 def test_ca_bundle_and_proxy_are_set_globally_per_account_or_per_section(tmp_path: Path
