@@ -23,6 +23,7 @@ import base64
 import binascii
 import json
 import re
+import unicodedata
 from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
@@ -41,6 +42,7 @@ _URLSAFE = str.maketrans("+/", "-_")
 _PERCENT = re.compile(r"%[0-9A-F]{2}")
 _UNICODE_ESCAPE = re.compile(r"\\u[0-9a-f]{4}")
 _TRIE_DEPTH = 3
+_NORMAL_FORMS = ("NFC", "NFD", "NFKC", "NFKD")
 # name=value or name="value" inside a header value
 _PARAMETER = re.compile(r'[A-Za-z0-9_-]+=(?:"([^"]*)"|([^\s,;"=]+))')
 # An escape that spells one ASCII character: JSON \\uXXXX (below U+0080), JSON \\/, URL %XX.
@@ -115,9 +117,11 @@ def spellings(secrets: Iterable[str]) -> list[str]:
             continue
         # Read back as ISO-8859-1 (header values; text/* without a charset, to requests), a
         # UTF-8 secret is "pÃ¤ss…": the secret to whoever decodes it again.
-        latin1 = secret.encode("utf-8", "surrogatepass").decode("latin-1")
-        for s in {secret, latin1} | _base64_forms(secret):
-            found |= _escaped_forms(s)
+        # A server that normalises Unicode (NFC, NFD) echoes other code points.
+        for written in {secret} | {unicodedata.normalize(f, secret) for f in _NORMAL_FORMS}:
+            latin1 = written.encode("utf-8", "surrogatepass").decode("latin-1")
+            for s in {written, latin1} | _base64_forms(written):
+                found |= _escaped_forms(s)
     return sorted(found, key=len, reverse=True)
 
 
@@ -144,7 +148,7 @@ def _trie(words: Iterable[str], depth: int = 0) -> str:
     return body + "?" if ends else body
 
 
-@lru_cache(maxsize=32)
+@lru_cache(maxsize=256)
 def _pattern(secrets: tuple[str, ...]) -> re.Pattern[str] | None:
     found = spellings(secrets)
     return re.compile(_trie(found)) if found else None

@@ -301,3 +301,15 @@ def test_a_parameter_of_a_structured_credential_header_is_a_secret_on_its_own() 
     assert scrub("the content-type was wrong for key k3y-9f8e7d6c",
                  credential_parts('ApiKey key="k3y-9f8e7d6c"')) == \
         f"the content-type was wrong for key {MASK}"
+
+
+def test_a_secret_echoed_in_another_unicode_normal_form_is_masked() -> None:
+    # A server that normalises text (NFD on macOS file names, NFC in many databases) echoes
+    # the same password as other code points.
+    import unicodedata
+    secret = unicodedata.normalize("NFC", "pässwörd-çà")
+    for form in ("NFD", "NFKD", "NFC"):
+        echoed = unicodedata.normalize(form, secret)
+        assert scrub(f"x {echoed} y", [secret]) == f"x {MASK} y", form
+    decomposed = unicodedata.normalize("NFD", secret)
+    assert scrub(f"x {secret} y", [decomposed]) == f"x {MASK} y"
