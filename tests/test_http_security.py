@@ -711,3 +711,19 @@ def test_netrc_credentials_are_not_sent_by_http_request(
                f"{allowed.url}/no-netrc")
     assert got.http_status == 200
     assert "Authorization" not in allowed.requests[-1]["headers"]
+
+
+@pytest.mark.parametrize("name", ["X_Api_Key", "x_api_key", "X-API_KEY"])
+def test_a_caller_header_that_a_server_may_read_as_an_account_header_is_refused(
+        providers: Providers, name: str) -> None:
+    # CGI/WSGI servers (and nginx with underscores_in_headers) read X_Api_Key and X-Api-Key as
+    # the same HTTP_X_API_KEY: the caller's value could replace the account's credential.
+    with Capture() as server:
+        acct = account(server.url, allow_private=True)
+        with pytest.raises(ProviderError) as e:
+            call(providers, acct, f"{server.url}/h", headers={name: "caller-value"})
+        assert e.value.code == "INVALID_REQUEST" and name in str(e.value)
+        assert server.connections == []
+        # A name of its own is still the caller's to set.
+        got = call(providers, acct, f"{server.url}/h", headers={"X_Trace_Id": "t-1"})
+        assert got.http_status == 200 and server.requests[-1]["headers"]["X_Trace_Id"] == "t-1"

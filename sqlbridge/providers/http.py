@@ -170,6 +170,15 @@ class HttpClient:
             raise ProviderError(f"http.request: the header {refused[0]!r} cannot be set by a "
                                 f"request (the HTTP client sets {', '.join(_REFUSED_HEADERS)}); "
                                 "not sent", code="INVALID_REQUEST")
+        # CGI/WSGI servers read "X_Api_Key" as "X-Api-Key": a caller's header that a server
+        # may take for one of the account's would let a row replace its credential.
+        own = {k.lower().replace("_", "-") for k in s.headers}
+        clash = sorted(k for k in headers if k.lower().replace("_", "-") in own
+                       and k.lower() not in {a.lower() for a in s.headers})
+        if clash:
+            raise ProviderError(f"http.request: the header {clash[0]!r} may be read by the "
+                                "server as one the account sets; not sent",
+                                code="INVALID_REQUEST")
         data, content_type = body_and_type(params.get("payload"))
         if content_type and "Content-Type" not in headers:
             headers["Content-Type"] = content_type
