@@ -727,3 +727,16 @@ def test_a_caller_header_that_a_server_may_read_as_an_account_header_is_refused(
         # A name of its own is still the caller's to set.
         got = call(providers, acct, f"{server.url}/h", headers={"X_Trace_Id": "t-1"})
         assert got.http_status == 200 and server.requests[-1]["headers"]["X_Trace_Id"] == "t-1"
+
+
+def test_a_refused_url_shown_in_the_message_is_masked_before_it_is_cut(
+        providers: Providers) -> None:
+    # A caller that puts the account's key in a query string of a refused URL: the message
+    # shows the first 97 characters, and the key straddling the cut left its start behind.
+    key = SECRET_HEADERS["X-Api-Key"].reveal()
+    url = "https://api.example.com/" + "p" * (97 - 24 - 7 - len("?k=")) + f"?k={key}&x=a b"
+    assert url.index(key) + 6 <= 97 < url.index(key) + len(key)
+    with pytest.raises(ProviderError) as e:
+        call(providers, account("https://api.example.com"), url)
+    assert e.value.code == "INCORRECT_URL"
+    assert key[:6] not in str(e.value)

@@ -32,7 +32,7 @@ from requests.structures import CaseInsensitiveDict
 from ..allowlist import Entry, Target, UrlRefused, find_entry, parse_target
 from ..config import Account
 from ..errors import ProviderError, TransientError
-from ..redact import scrub
+from ..redact import excerpt, scrub
 from ..registry import Operation
 from .base import CallResult
 from .netguard import Pin, checked_address, pinned
@@ -65,12 +65,14 @@ def shaped(resp: requests.Response) -> dict[str, Any]:
             "result": result}
 
 
-def target_of(url: str) -> Target:
+def target_of(url: str, secrets: list[str] | None = None) -> Target:
     """Where ``url`` leads, or INCORRECT_URL saying why it cannot be read unambiguously."""
     try:
         return parse_target(url)
     except UrlRefused as exc:
-        shown = url if len(url) <= 100 else url[:97] + "..."
+        # Masked before it is cut: a secret straddling the cut would leave its start behind.
+        shown = excerpt(url, secrets or [], 100, "")
+        shown = shown if len(shown) < 100 else shown[:97] + "..."
         raise ProviderError(f"http.request: the URL {shown!r} is refused: {exc}",
                             code="INCORRECT_URL") from None
 
@@ -78,7 +80,7 @@ def target_of(url: str) -> Target:
 def allowlisted(url: str, account: Account) -> tuple[Target, Entry]:
     """The target of ``url`` and the account's allowlist entry that allows it; else
     INCORRECT_URL or HOST_NOT_ALLOWED. No I/O: the CLI asks this at enqueue too."""
-    target = target_of(url)
+    target = target_of(url, account.secrets())
     s = account.http
     entry = find_entry(target, s.allowed_hosts)
     if entry is None:
