@@ -313,3 +313,46 @@ def test_a_secret_echoed_in_another_unicode_normal_form_is_masked() -> None:
         assert scrub(f"x {echoed} y", [secret]) == f"x {MASK} y", form
     decomposed = unicodedata.normalize("NFD", secret)
     assert scrub(f"x {secret} y", [decomposed]) == f"x {MASK} y"
+
+
+class _Gzip(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *_args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        import gzip
+        raw = b" " * 50_000_000 if self.path == "/bomb" else \
+            json.dumps({"echo": "tok-Q7rT9wXz5kLm2Np8"}).encode()
+        body = gzip.compress(raw, 9)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Encoding", "gzip")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_a_compressed_answer_is_decoded_scrubbed_and_bounded_after_decoding() -> None:
+    # requests asks for gzip: read without decoding, the body stayed compressed, so it was
+    # neither JSON nor scrubbable (the secret went to the outbox inside the gzip bytes); and
+    # the size limit must hold for what it decodes to (a 50 MB gzip bomb is 50 KB).
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Gzip)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01},
+                              daemon=True)
+    thread.start()
+    transport = Transport(1)
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        resp = transport.send("GET", url + "/", what="t", timeout=(5, 5), secrets=[])
+        assert resp.json() == {"echo": "tok-Q7rT9wXz5kLm2Np8"}
+        assert scrub(resp.json(), ["tok-Q7rT9wXz5kLm2Np8"]) == {"echo": MASK}
+        with pytest.raises(ProtocolError) as e:
+            transport.send("GET", url + "/bomb", what="t", timeout=(5, 30), secrets=[],
+                           max_bytes=1_000_000)
+        assert e.value.code == "RESPONSE_TOO_LARGE"
+    finally:
+        transport.close()
+        server.shutdown()
+        server.server_close()

@@ -163,7 +163,10 @@ def _read_body(resp: requests.Response, what: str, limit: int, ends: float, budg
         if time.monotonic() > ends:
             raise _past_deadline(what, budget, status, size)
         try:
-            chunk = raw.read1(CHUNK)
+            # Decoded (requests asks for gzip/deflate): the limit holds for what the body
+            # decodes to, and what is scrubbed and stored is text, not compressed bytes
+            # (urllib3 bounds each decoded read to about CHUNK, so a bomb cannot burst).
+            chunk = raw.read1(CHUNK, decode_content=True)
         except (urllib3.exceptions.ReadTimeoutError, TimeoutError):
             raise TransientError(f"{what}: the answer stopped arriving (HTTP {status})",
                                  code="READ_TIMEOUT", delivered=True) from None
