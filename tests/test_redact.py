@@ -325,7 +325,7 @@ class _Gzip(BaseHTTPRequestHandler):
         import gzip
         raw = b" " * 50_000_000 if self.path == "/bomb" else \
             json.dumps({"echo": "tok-Q7rT9wXz5kLm2Np8"}).encode()
-        body = gzip.compress(raw, 9)
+        body = b"not gzip at all" if self.path == "/corrupt" else gzip.compress(raw, 9)
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Encoding", "gzip")
@@ -352,6 +352,11 @@ def test_a_compressed_answer_is_decoded_scrubbed_and_bounded_after_decoding() ->
             transport.send("GET", url + "/bomb", what="t", timeout=(5, 30), secrets=[],
                            max_bytes=1_000_000)
         assert e.value.code == "RESPONSE_TOO_LARGE"
+        # A body that does not decode is an unreadable answer, not a lost connection (which
+        # would make a delivered send 'uncertain' and retry a read as if the network failed).
+        with pytest.raises(ProtocolError) as e:
+            transport.send("GET", url + "/corrupt", what="t", timeout=(5, 5), secrets=[])
+        assert "does not decode" in str(e.value)
     finally:
         transport.close()
         server.shutdown()

@@ -170,6 +170,10 @@ def _read_body(resp: requests.Response, what: str, limit: int, ends: float, budg
         except (urllib3.exceptions.ReadTimeoutError, TimeoutError):
             raise TransientError(f"{what}: the answer stopped arriving (HTTP {status})",
                                  code="READ_TIMEOUT", delivered=True) from None
+        except urllib3.exceptions.DecodeError:
+            raise ProtocolError(f"{what}: the answer's Content-Encoding "
+                                f"{resp.headers.get('Content-Encoding', '')[:40]!r} does not "
+                                f"decode (HTTP {status})", http_status=status) from None
         except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
             raise TransientError(f"{what}: connection lost while reading the answer "
                                  f"(HTTP {status}, {type(exc).__name__})",
