@@ -39,6 +39,7 @@ from .cli_support import (  # noqa: F401 - EXIT_* and parse helpers are part of 
     common,
 )
 from .commands import demo, doctor, sandbox
+from .dashboard.command import dashboard
 from .operator_cli import (
     actions,
     cancel,
@@ -283,5 +284,5 @@ def migrate_command(file: str, write: bool) -> None:
 
 # Commands kept in their own modules (they share cli_support with this one).
 for _command in (sandbox, demo, doctor, schedule, sync, take, status, list_command, retry,
-                 cancel, actions):
+                 cancel, actions, dashboard):
     main.add_command(_command)

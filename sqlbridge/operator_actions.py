@@ -275,9 +275,9 @@ def apply(engine: Engine, action: str, sel: Selection, *, actor: str | None = No
 
 
 def apply_one(engine: Engine, action: str, request_id: int, *,
-              actor: str | None = None) -> None:
+              actor: str | None = None, via: str = "cli") -> None:
     """Retry or cancel one request (recorded like a bulk action); say why when it cannot."""
-    if apply(engine, action, Selection(ids=(request_id,)), actor=actor) == 1:
+    if apply(engine, action, Selection(ids=(request_id,)), actor=actor, via=via) == 1:
         return
     with engine.connect() as conn:
         status = conn.execute(select(outbox.c.status)
@@ -288,6 +288,17 @@ def apply_one(engine: Engine, action: str, request_id: int, *,
             else "only queued requests can be cancelled (a request being sent cannot be "
             "called back)")
     raise InvalidState(f"request {request_id} is {status}; {rule}")
+
+
+def record(engine: Engine, action: str, criteria: dict[str, Any], *, actor: str, via: str,
+           matched: int) -> None:
+    """Record an operator action that is not a retry or cancel (a schedule's run-now, enable,
+    disable from the dashboard) in the same audit table, finished at once."""
+    with engine.begin() as conn:
+        conn.execute(insert(operator_action).values(
+            action=action[:20], actor=actor[:200], via=via[:20],
+            criteria=json.dumps(criteria, ensure_ascii=False, sort_keys=True),
+            finished_at=utcnow(), matched=matched))
 
 
 def history(engine: Engine, limit: int = 20) -> list[dict[str, Any]]:

@@ -197,6 +197,14 @@ def run_now(engine: Engine, name: str) -> None:
             raise ScheduleNotFound(f"schedule '{name}' does not exist")
 
 
+def set_enabled(engine: Engine, name: str, enabled: bool) -> None:
+    """Switch a schedule on or off; its grid (``next_run_at``) is kept."""
+    with engine.begin() as conn:
+        if not conn.execute(update(sync_schedule).where(sync_schedule.c.name == name)
+                            .values(enabled=bool(enabled))).rowcount:
+            raise ScheduleNotFound(f"schedule '{name}' does not exist")
+
+
 def list_schedules(engine: Engine) -> list[dict[str, Any]]:
     """Every schedule, with ``last_run``: the live count by status of its last run's requests
     (children finish long after the run was started)."""
