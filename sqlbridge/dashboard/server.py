@@ -58,10 +58,17 @@ class Dashboard:
         return self
 
     def stop(self) -> None:
-        self.server.close()
+        """Close every socket from inside the server's own loop (closing them from this thread
+        would pull a file descriptor out from under its select()), then end its threads."""
+        if self._thread is not None and self._thread.is_alive():
+            from waitress import wasyncore
+
+            self.server.trigger.pull_trigger(
+                lambda: wasyncore.close_all(self.server._map, ignore_all=True))
+            self._thread.join(timeout=30)
+        else:
+            self.server.close()
         self.server.task_dispatcher.shutdown()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
 
     def __enter__(self) -> Dashboard:
         return self.start()
