@@ -22,6 +22,8 @@ from .install import install
 from .queue import Queue
 from .worker import Worker
 
+DASHBOARD_HINT = ("and in a browser: sqlbridge dashboard --database-url {url}   "
+                  "(then open http://127.0.0.1:8790/)")
 UNICODE_TEXT = "Olá! Preço: 5€ & 10% off #promo — ação já 😀"
 LONG_TEXT = ("Mensagem longa: " + "0123456789 áéíóú ç € 😀 & # % " * 320)[:9000]
 
@@ -124,6 +126,7 @@ def run(database_url: str = "sqlite:///sqlbridge-demo.db", *, fresh: bool = True
              " 'SELECT id, operation, status, error_code FROM outbox'")
         echo("or: sqlbridge status --database-url " + database_url +
              "   (scripts/demo installs the command in .venv/bin)")
+        echo(DASHBOARD_HINT.format(url=database_url))
     engine.dispose()
     return {"requests": results, "counts": counts, "synced": synced, "intact": intact}
 

@@ -397,3 +397,28 @@ def test_a_sync_run_links_its_children_and_they_their_parent(board: Dashboard,
     child = int(re.findall(r'href="/requests/(\d+)"', kids[0])[0])
     page = s.get(board.url + f"requests/{child}", timeout=30).text
     assert f'id="parent" href="/requests/{filled.sync_root_id}"' in page
+
+
+def test_the_demo_ends_with_the_dashboard_command_and_that_command_serves(
+        tmp_path: Path) -> None:
+    import shlex
+    import subprocess
+    import sys
+
+    lines: list[str] = []
+    url = f"sqlite:///{tmp_path / 'demo.db'}"
+    demo.run(url, echo=lines.append)
+    assert lines[-1] == demo.DASHBOARD_HINT.format(url=url)
+    command = shlex.split(lines[-1].split(":", 1)[1].split("(")[0])
+    assert command[:2] == ["sqlbridge", "dashboard"]
+    proc = subprocess.Popen([sys.executable, "-m", "sqlbridge", *command[1:], "--port", "0"],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stderr.readline()  # type: ignore[union-attr]
+        m = re.match(r"dashboard at (http://127\.0\.0\.1:\d+/); Ctrl\+C stops it", first)
+        assert m, first
+        r = requests.get(m.group(1) + "requests?status=failed", timeout=30)
+        assert r.status_code == 200 and "CHANNEL_NOT_FOUND" in r.text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
