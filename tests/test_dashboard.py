@@ -422,3 +422,22 @@ def test_the_demo_ends_with_the_dashboard_command_and_that_command_serves(
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_bulk_retry_from_failures_acts_on_failed_and_uncertain_only(board: Dashboard,
+                                                                     filled: Filled) -> None:
+    s = requests.Session()
+    listing = html.unescape(s.get(board.url + "failures?account=default", timeout=30).text)
+    link = re.search(r'id="bulk-retry" href="([^"]+)"', listing).group(1)  # type: ignore[union-attr]
+    assert 'id="bulk-cancel"' not in listing  # nothing failed or uncertain can be cancelled
+    preview = s.get(board.url + link.lstrip("/"), timeout=30).text
+    assert "4 requests can be retried" in preview
+    form = dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)"', preview))
+    assert re.findall(r'name="status" value="(\w+)"', preview) == ["failed", "uncertain"]
+    data = [(k, v) for k, v in re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)"',
+                                          preview)]
+    r = s.post(board.url + "bulk/retry", data=data, timeout=30)
+    assert "retry: 4 requests changed" in r.text and form["account"] == "default"
+    assert status_of(filled, filled.uncertain_id) == "queued"
+    criteria = json.loads(audit(filled)[-1]["criteria"])
+    assert criteria["statuses"] == ["failed", "uncertain"]

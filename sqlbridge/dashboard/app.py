@@ -150,9 +150,11 @@ def create_app(settings: Settings, engine: Engine, *, password: str | None = Non
                         args=args, error=str(exc), result=None, statuses=allowed,
                         pages=0, pageno=1, per=50, page_sizes=PAGE_SIZES)
         pages = max(1, math.ceil(result["total"] / size))
+        # The bulk links act on what the list shows: on Failures, failed and uncertain only.
+        bulk_status = args["status"] or ([] if allowed == STATUSES else list(allowed))
         return page("requests.html", title=title, endpoint=endpoint, args=args, error=None,
                     result=result, statuses=allowed, pages=pages, pageno=pageno, per=size,
-                    page_sizes=PAGE_SIZES)
+                    page_sizes=PAGE_SIZES, bulk_status=bulk_status)
 
     @app.get("/requests")
     def requests_page() -> Response:
@@ -303,7 +305,7 @@ def _qs(**changes: Any) -> str:
     """The current query string with some parameters changed (for paging links)."""
     args: dict[str, Any] = {k: request.args.getlist(k) for k in request.args}
     for k, v in changes.items():
-        args[k] = [str(v)]
+        args[k] = [str(x) for x in v] if isinstance(v, (list, tuple)) else [str(v)]
     return "?" + urlencode([(k, x) for k, xs in args.items() for x in xs if x != ""])
 
 
