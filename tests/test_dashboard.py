@@ -17,6 +17,9 @@ from typing import Any
 import pytest
 import requests
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from sqlalchemy import select, update
 
 from sqlbridge import demo
@@ -284,6 +287,15 @@ def test_a_password_needs_the_login_and_the_cookie_is_httponly_and_samesite_stri
     assert r.headers["Location"] == "/"
 
 
+@pytest.mark.parametrize("target", ["//evil.example/", "/\\evil.example/", "https://evil.example/",
+                                    "evil.example", "/ok\r\nSet-Cookie: x=1", ""])
+def test_after_login_only_a_local_path_is_followed(target: str) -> None:
+    from sqlbridge.dashboard.app import _local_path
+
+    assert _local_path(target) is None
+    assert _local_path("/requests?status=failed&page=2") == "/requests?status=failed&page=2"
+
+
 @pytest.mark.parametrize("board", [{"password": "pw-123456"}], indirect=True)
 def test_too_many_wrong_passwords_lock_the_login(board: Dashboard) -> None:
     s = requests.Session()
@@ -441,3 +453,95 @@ def test_bulk_retry_from_failures_acts_on_failed_and_uncertain_only(board: Dashb
     assert status_of(filled, filled.uncertain_id) == "queued"
     criteria = json.loads(audit(filled)[-1]["criteria"])
     assert criteria["statuses"] == ["failed", "uncertain"]
+
+
+@hsettings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(params=st.dictionaries(
+    st.sampled_from(["status", "operation", "account", "correlation", "since", "until", "page",
+                     "per"]),
+    st.one_of(st.text(max_size=500), st.sampled_from(["NaN", "-1", "1e309", "9" * 40, "0",
+                                                      "2h", "queued", "\x00"])),
+    max_size=6))
+def test_any_filter_text_gives_a_page_or_a_clear_400_never_a_500(
+        board: Dashboard, params: dict[str, str]) -> None:
+    for path in ("requests", "failures", "bulk/retry", "bulk/cancel"):
+        r = requests.get(board.url + path, params=params, timeout=30)
+        assert r.status_code in (200, 400), (path, params, r.status_code)
+        if r.status_code == 400:
+            assert 'role="alert"' in r.text
+
+
+@pytest.mark.parametrize("path", ["requests/99999999999999999999999", "requests/-1",
+                                  "conversations/chat/99999999999999999999",
+                                  "conversations/channel/0", "requests/0"])
+def test_ids_out_of_range_are_404(board: Dashboard, path: str) -> None:
+    assert requests.get(board.url + path, timeout=30).status_code == 404
+
+
+def test_an_unreachable_database_is_a_one_line_503(filled: Filled, tmp_path: Path) -> None:
+    missing = tmp_path / "gone" / "x.db"
+    engine = make_engine(f"sqlite:///{missing}")
+    with Dashboard(filled.settings, engine, port=0) as d:
+        r = requests.get(d.url, timeout=30)
+    engine.dispose()
+    assert r.status_code == 503 and "cannot use the database: unable to open" in r.text
+    assert "Traceback" not in r.text
+
+
+def test_every_page_reads_on_every_backend(engine: Any, settings: Settings) -> None:
+    """The same pages on SQLite and, with SQLBRIDGE_TEST_MSSQL_URL, on SQL Server: the reads
+    are Core selects, the hourly chart a SUM(CASE) per hour, paging OFFSET/FETCH."""
+    from sqlalchemy import insert
+
+    from sqlbridge import sync
+    from sqlbridge.schema import (
+        anna_department,
+        anna_user_request,
+        chat,
+        chat_channel,
+        chat_message,
+    )
+
+    queue = Queue(engine, settings)
+    root = queue.enqueue("user.getbalance", {}, correlation="root").id
+    for i in range(3):
+        queue.enqueue("user.getbalance", {}, correlation=f"child {i} ✓")
+    with engine.begin() as conn:
+        conn.execute(update(outbox).where(outbox.c.id != root).values(parent_id=root))
+        conn.execute(update(outbox).where(outbox.c.id == root).values(
+            status="failed", error_code="X", finished_at=outbox.c.created_at))
+        conn.execute(insert(chat_channel).values(account="default", platform="whatsapp",
+                                                 platformid="100", name="Canal ç"))
+        conn.execute(insert(chat).values(account="default", platform="whatsapp",
+                                         platformid="100", destination="346", last_message="oi"))
+        conn.execute(insert(chat_message), [
+            {"account": "default", "platform": "whatsapp", "platformid": "100",
+             "messageid": str(i), "destination": "346", "message": f"m{i} 😀",
+             "sent": i % 2 == 0, "unread": i == 1} for i in range(3)])
+        conn.execute(insert(anna_department).values(account="default", alias="SUP"))
+        conn.execute(insert(anna_user_request).values(account="default", user_key="1",
+                                                      protocol="P1", pending=True))
+    sync.add_schedule(engine, "every-5m", "sync.chats", {}, "5m")
+    with engine.connect() as conn:
+        channel_id = conn.execute(select(chat_channel.c.id)).scalar_one()
+        chat_id = conn.execute(select(chat.c.id)).scalar_one()
+    with Dashboard(settings, engine, port=0) as d:
+        s = requests.Session()
+        for path in ("", "requests?per=20&page=1", "requests?page=2&per=20",
+                     "failures?since=1d", f"requests/{root}", "schedules", "conversations",
+                     f"conversations/channel/{channel_id}", f"conversations/chat/{chat_id}",
+                     "anna", "actions", "bulk/retry?status=failed"):
+            r = s.get(d.url + path, timeout=30)
+            assert r.status_code == 200, path
+        channels = s.get(d.url + "conversations", timeout=30).text
+        assert re.search(r'<td class="num">1</td>', channels)  # one unread incoming message
+        kids = s.get(d.url + f"requests/{root}", timeout=30).text
+        assert "Children (3)" in kids and kids.count('<span class="s-queued">') == 3
+        token = csrf_of(s.get(d.url + "requests", timeout=30).text)
+        r = s.post(d.url + f"requests/{root}/retry", data={"csrf": token}, timeout=30)
+        assert "retry done" in r.text
+        r = s.post(d.url + "schedules/disable", data={"csrf": token, "name": "every-5m"},
+                   timeout=30)
+        assert "disable done" in r.text
+    assert queue.get(root)["status"] == "queued"

@@ -29,6 +29,7 @@ from flask import (
 )
 from markupsafe import Markup, escape
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
 
 from .. import monitoring, redact
 from .. import operator_actions as oa
@@ -44,6 +45,8 @@ FAILURE_STATUSES = ("failed", "uncertain")
 FILTER_FIELDS = ("status", "operation", "account", "correlation", "since", "until")
 SCHEDULE_ACTIONS = ("run-now", "enable", "disable")
 VIA = "dashboard"
+MAX_ID = 2**63 - 1  # BIGINT: a larger id in a URL is a 404, not an overflow in the driver
+MAX_FLASH = 300  # flashed messages live in the session cookie (browsers keep 4 KB)
 
 
 def create_app(settings: Settings, engine: Engine, *, password: str | None = None,
@@ -85,6 +88,12 @@ def create_app(settings: Settings, engine: Engine, *, password: str | None = Non
                 abort(403, description="the dashboard runs read-only (--read-only): no changes")
         return None
 
+    @app.errorhandler(DBAPIError)
+    def _database(exc: DBAPIError) -> Response:
+        first = str(exc.orig).splitlines()[0] if str(exc.orig) else type(exc.orig).__name__
+        return page("error.html", status=503, code=503,
+                    message=f"cannot use the database: {first}"[:500])
+
     @app.errorhandler(400)
     @app.errorhandler(401)
     @app.errorhandler(403)
@@ -101,9 +110,7 @@ def create_app(settings: Settings, engine: Engine, *, password: str | None = Non
     def login() -> Response:
         if not guard.required:
             return redirect(url_for("overview"))
-        nxt = request.values.get("next", "")
-        if not nxt.startswith("/") or nxt.startswith("//"):
-            nxt = url_for("overview")  # only a path on this site: no open redirect
+        nxt = _local_path(request.values.get("next", "")) or url_for("overview")
         if request.method == "POST":
             if guard.locked():
                 return page("login.html", status=429, next=nxt,
@@ -164,7 +171,7 @@ def create_app(settings: Settings, engine: Engine, *, password: str | None = Non
     def failures() -> Response:
         return listing("Failures and uncertain sends", "failures", FAILURE_STATUSES)
 
-    @app.get("/requests/<int:request_id>")
+    @app.get(f"/requests/<int(max={MAX_ID}):request_id>")
     def request_page(request_id: int) -> Response:
         try:
             row = queue.get(request_id, with_attempts=True)
@@ -174,13 +181,13 @@ def create_app(settings: Settings, engine: Engine, *, password: str | None = Non
         return page("request.html", r=row, n_children=n_children, children=kids,
                     params=_pretty(row["params"]), response=_pretty(row["response"]))
 
-    @app.post("/requests/<int:request_id>/<any(retry, cancel):action>")
+    @app.post(f"/requests/<int(max={MAX_ID}):request_id>/<any(retry, cancel):action>")
     def act_one(request_id: int, action: str) -> Response:
         try:
             oa.apply_one(engine, action, request_id, actor=_actor(), via=VIA)
             flash(f"request {request_id}: {action} done", "ok")
         except SqlbridgeError as exc:
-            flash(str(exc), "error")
+            flash(str(exc)[:MAX_FLASH], "error")
         return redirect(url_for("request_page", request_id=request_id))
 
     @app.get("/bulk/<any(retry, cancel):action>")
@@ -203,7 +210,7 @@ def create_app(settings: Settings, engine: Engine, *, password: str | None = Non
             n = oa.apply(engine, action, _selection(args, STATUSES), actor=_actor(), via=VIA)
             flash(f"{action}: {n} request{'s' if n != 1 else ''} changed", "ok")
         except SqlbridgeError as exc:
-            flash(str(exc), "error")
+            flash(str(exc)[:MAX_FLASH], "error")
         return redirect(url_for("requests_page") + "?" + _encode(args))
 
     # -- schedules -----------------------------------------------------------------------------
@@ -222,9 +229,9 @@ def create_app(settings: Settings, engine: Engine, *, password: str | None = Non
                 sync_mod.set_enabled(engine, name, action == "enable")
             oa.record(engine, f"schedule.{action}", {"schedule": name}, actor=_actor(),
                       via=VIA, matched=1)
-            flash(f"schedule {name}: {action} done", "ok")
+            flash(f"schedule {name[:100]}: {action} done", "ok")
         except SqlbridgeError as exc:
-            flash(str(exc), "error")
+            flash(str(exc)[:MAX_FLASH], "error")
         return redirect(url_for("schedules"))
 
     # -- conversations, AnnA, audit ------------------------------------------------------------
@@ -233,12 +240,12 @@ def create_app(settings: Settings, engine: Engine, *, password: str | None = Non
     def conversations() -> Response:
         return page("channels.html", rows=data.channels(engine))
 
-    @app.get("/conversations/channel/<int:channel_id>")
+    @app.get(f"/conversations/channel/<int(max={MAX_ID}):channel_id>")
     def channel(channel_id: int) -> Response:
         ch = data.channel(engine, channel_id) or abort(404, description="no such channel")
         return page("chats.html", ch=ch, rows=data.chats(engine, ch))
 
-    @app.get("/conversations/chat/<int:chat_id>")
+    @app.get(f"/conversations/chat/<int(max={MAX_ID}):chat_id>")
     def chat(chat_id: int) -> Response:
         c = data.chat_row(engine, chat_id) or abort(404, description="no such chat")
         return page("messages.html", c=c, rows=data.chat_messages(engine, c))
@@ -258,6 +265,15 @@ def create_app(settings: Settings, engine: Engine, *, password: str | None = Non
 
 def _actor() -> str:
     return f"{oa.default_actor()} from {request.remote_addr or '?'}"[:200]
+
+
+def _local_path(target: str) -> str | None:
+    """``target`` when it is a path on this site, else None: no open redirect after login
+    (browsers read '//host' and '/\\host' as another site)."""
+    if (not target.startswith("/") or target[1:2] in ("/", "\\")
+            or any(c in target for c in "\r\n\\")):
+        return None
+    return target
 
 
 def _filters() -> dict[str, Any]:
