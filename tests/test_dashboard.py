@@ -569,3 +569,54 @@ def test_the_overview_counts_and_charts_match_the_outbox(board: Dashboard, fille
     assert f"Failed or uncertain, last 24 h ({bad - 1})" in page
     bars = [int(n) for n in re.findall(r"<title>\d\d:00 UTC: (\d+)</title>", page)]
     assert len(bars) == 48 and sum(bars) == counts["succeeded"] + bad - 1
+
+
+def test_huge_and_deeply_nested_responses_render(board: Dashboard, filled: Filled) -> None:
+    from sqlbridge.dashboard.app import MAX_SHOWN
+
+    engine = make_engine(filled.url)
+    huge = json.dumps({"text": "ç" * (3 * MAX_SHOWN), "password": "hidden-4242"})
+    deep = "[" * 5000 + "]" * 5000
+    with engine.begin() as conn:
+        conn.execute(update(outbox).where(outbox.c.id == 1).values(response=huge))
+        conn.execute(update(outbox).where(outbox.c.id == 2).values(response=deep))
+        conn.execute(update(outbox).where(outbox.c.id == 3).values(
+            response="not json " + SANDBOX_AFILNET_PASSWORD))
+    engine.dispose()
+    r = requests.get(board.url + "requests/1", timeout=60)
+    assert r.status_code == 200 and "more characters not shown" in r.text
+    assert len(r.text) < 3 * MAX_SHOWN
+    r = requests.get(board.url + "requests/2", timeout=30)
+    assert r.status_code == 200 and deep in r.text
+    r = requests.get(board.url + "requests/3", timeout=30)
+    assert "not json ***" in r.text
+
+
+@pytest.mark.parametrize("missing", ["flask", "waitress"])
+def test_without_the_dashboard_extra_the_command_says_what_to_install(
+        missing: str, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = (f"import sys; sys.modules[{missing!r}] = None; from sqlbridge.cli import main; "
+            "main()")
+    r = subprocess.run([sys.executable, "-c", code, "dashboard", "--database-url",
+                        f"sqlite:///{tmp_path / 'x.db'}"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 3
+    assert r.stderr.strip() == (f"error: the dashboard needs {missing}: pip install "
+                                "'sqlbridge[dashboard]'")
+
+
+def test_a_port_in_use_is_one_line_and_exit_3(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = CliRunner().invoke(main, ["dashboard", "--port", str(port), "--database-url",
+                                      f"sqlite:///{tmp_path / 'x.db'}"])
+    assert r.exit_code == 3
+    assert r.output.strip().splitlines() == [
+        f"error: cannot listen on 127.0.0.1:{port}: Address already in use"]

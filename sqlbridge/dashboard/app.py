@@ -46,6 +46,7 @@ FILTER_FIELDS = ("status", "operation", "account", "correlation", "since", "unti
 SCHEDULE_ACTIONS = ("run-now", "enable", "disable")
 VIA = "dashboard"
 MAX_ID = 2**63 - 1  # BIGINT: a larger id in a URL is a 404, not an overflow in the driver
+MAX_SHOWN = 1_000_000  # characters of params or response a page shows
 MAX_FLASH = 300  # flashed messages live in the session cookie (browsers keep 4 KB)
 
 
@@ -71,7 +72,6 @@ def create_app(settings: Settings, engine: Engine, *, password: str | None = Non
                 "messages": get_flashed_messages(with_categories=True), "qs": _qs}
 
     app.jinja_env.filters["t"] = _time
-    app.jinja_env.filters["pretty"] = _pretty
 
     @app.before_request
     def _gate() -> Response | None:
@@ -179,7 +179,8 @@ def create_app(settings: Settings, engine: Engine, *, password: str | None = Non
             abort(404, description=f"request {request_id} does not exist")
         n_children, kids = data.children(engine, request_id)
         return page("request.html", r=row, n_children=n_children, children=kids,
-                    params=_pretty(row["params"]), response=_pretty(row["response"]))
+                    params=_pretty(row["params"], secrets_),
+                    response=_pretty(row["response"], secrets_))
 
     @app.post(f"/requests/<int(max={MAX_ID}):request_id>/<any(retry, cancel):action>")
     def act_one(request_id: int, action: str) -> Response:
@@ -341,12 +342,18 @@ def _time(value: Any) -> Markup:
         iso, when.strftime("%Y-%m-%d %H:%M:%S"))
 
 
-def _pretty(text: Any) -> str:
-    """JSON indented for reading (credential keys masked); any other text as it is."""
+def _pretty(text: Any, secrets: list[str]) -> str:
+    """JSON indented for reading (credential keys and secrets masked); any other text as it
+    is. Past ``MAX_SHOWN`` characters the rest is left out, and the page says so: masked
+    before it is cut, so no part of a secret is left at the cut."""
     if text is None:
         return ""
     try:
-        value = json.loads(text)
-    except (TypeError, ValueError, RecursionError):
-        return str(text)
-    return json.dumps(redact.scrub(value, ()), ensure_ascii=False, indent=2)
+        shown = json.dumps(redact.scrub(json.loads(text), secrets), ensure_ascii=False,
+                           indent=2)
+    except (TypeError, ValueError, RecursionError):  # not JSON, or nested too deep to walk
+        shown = redact.scrub(str(text), secrets)
+    if len(shown) > MAX_SHOWN:
+        shown = (shown[:MAX_SHOWN] + f"\n… {len(shown) - MAX_SHOWN:,} more characters not "
+                 "shown (sqlbridge show ID --json prints everything)")
+    return shown

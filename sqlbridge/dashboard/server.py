@@ -7,10 +7,13 @@ import threading
 from typing import Any
 
 from sqlalchemy import Engine
+from waitress import wasyncore
+from waitress.server import create_server
 
 from ..config import Settings
 from ..errors import ConfigError
 from . import rules
+from .app import create_app
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8790
@@ -26,10 +29,6 @@ class Dashboard:
         problem = rules.bind_problem(host, password)
         if problem:
             raise ConfigError(problem)
-        from waitress.server import create_server
-
-        from .app import create_app
-
         self.host, self.read_only = host, read_only
         self._settings, self._engine, self._password = settings, engine, password
         # The app needs the real port for its Host check, so bind first, then build the app.
@@ -61,8 +60,6 @@ class Dashboard:
         """Close every socket from inside the server's own loop (closing them from this thread
         would pull a file descriptor out from under its select()), then end its threads."""
         if self._thread is not None and self._thread.is_alive():
-            from waitress import wasyncore
-
             self.server.trigger.pull_trigger(
                 lambda: wasyncore.close_all(self.server._map, ignore_all=True))
             self._thread.join(timeout=30)
