@@ -611,6 +611,11 @@ def test_without_the_dashboard_extra_the_command_says_what_to_install(
 def test_a_port_in_use_is_one_line_and_exit_3(tmp_path: Path) -> None:
     import socket
 
+    from sqlbridge.install import install
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    install(engine)
+    engine.dispose()
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
