@@ -101,6 +101,30 @@ def row_ids(browser: Any) -> list[int]:
     return [int(r.get_attribute("data-id")) for r in by_css(browser, "tr[data-id]")]
 
 
+def follow(browser: Any, element: Any) -> None:
+    """Click a link or submit button and wait until the next page has loaded: click() returns
+    before the navigation it starts has finished."""
+    browser.execute_script("window.__before = true;")
+    element.click()
+    wait_for_new_page(browser)
+
+
+def wait_for_new_page(browser: Any) -> None:
+    """Until the page marked with ``window.__before`` is gone and its successor loaded (a new
+    page has a new window object). Questions asked mid-navigation may fail: ask again."""
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def loaded(d: Any) -> bool:
+        try:
+            return bool(d.execute_script(
+                "return window.__before === undefined && document.readyState === 'complete'"))
+        except WebDriverException:
+            return False
+
+    WebDriverWait(browser, WAIT).until(loaded)
+
+
 def flash(browser: Any) -> str:
     return " ".join(e.text for e in by_css(browser, ".flash"))
 
@@ -135,12 +159,12 @@ def test_filters_and_paging_work_and_live_in_the_url(page: Any, board: Dashboard
     page.get(board.url + "requests")
     page.find_element("id", "f-correlation").send_keys("dash-page")
     Select(page.find_element("name", "per")).select_by_visible_text("20")
-    page.find_element("id", "apply-filters").click()
+    follow(page, page.find_element("id", "apply-filters"))
     assert "correlation=dash-page" in page.current_url and "per=20" in page.current_url
     seen = row_ids(page)
     assert len(seen) == 20
     for expected in (20, PAGED - 40):
-        page.find_element("id", "next").click()
+        follow(page, page.find_element("id", "next"))
         assert f"page={len(seen) // 20 + 1}" in page.current_url
         ids = row_ids(page)
         assert len(ids) == expected and not set(ids) & set(seen)
@@ -153,7 +177,7 @@ def test_filters_and_paging_work_and_live_in_the_url(page: Any, board: Dashboard
     assert row_ids(page) == seen[40:]
     page.get(board.url + "failures")
     Select(page.find_element("id", "f-status")).select_by_visible_text("uncertain")
-    page.find_element("id", "apply-filters").click()
+    follow(page, page.find_element("id", "apply-filters"))
     assert "status=uncertain" in page.current_url and len(row_ids(page)) == 1
     assert errors(page) == []
 
@@ -161,11 +185,12 @@ def test_filters_and_paging_work_and_live_in_the_url(page: Any, board: Dashboard
 def test_retry_and_cancel_buttons_change_the_row(page: Any, board: Dashboard,
                                                 filled: Filled) -> None:
     page.get(board.url + "failures?status=uncertain")
-    page.find_element("css selector", f'tr[data-id="{filled.uncertain_id}"] button.retry').click()
+    follow(page, page.find_element("css selector",
+                                   f'tr[data-id="{filled.uncertain_id}"] button.retry'))
     assert "retry done" in flash(page)
     assert page.find_element("id", "status").text == "queued"
     assert status_of(filled, filled.uncertain_id) == "queued"
-    page.find_element("id", "cancel").click()
+    follow(page, page.find_element("id", "cancel"))
     assert "cancel done" in flash(page)
     assert status_of(filled, filled.uncertain_id) == "cancelled"
     assert page.find_element("id", "status").text == "cancelled"
@@ -174,9 +199,9 @@ def test_retry_and_cancel_buttons_change_the_row(page: Any, board: Dashboard,
 
 def test_bulk_cancel_from_the_filtered_list(page: Any, board: Dashboard, filled: Filled) -> None:
     page.get(board.url + "requests?correlation=dash-page")
-    page.find_element("id", "bulk-cancel").click()
+    follow(page, page.find_element("id", "bulk-cancel"))
     assert f"{PAGED} requests can be cancelled" in page.find_element("id", "bulk-count").text
-    page.find_element("id", "bulk-confirm").click()
+    follow(page, page.find_element("id", "bulk-confirm"))
     assert f"cancel: {PAGED} requests changed" in flash(page)
     assert "correlation=dash-page" in page.current_url
     assert {e.text for e in by_css(page, "td.status")} == {"cancelled"}
@@ -194,7 +219,7 @@ def test_a_form_without_its_csrf_token_is_refused(page: Any, board: Dashboard,
     page.get(board.url + f"requests/{filled.uncertain_id}")
     page.execute_script("document.querySelectorAll('input[name=csrf]')"
                         ".forEach(function (e) { e.remove(); });")
-    page.find_element("id", "retry").click()
+    follow(page, page.find_element("id", "retry"))
     assert page.find_element("css selector", "main h1").text == "403"
     assert "CSRF" in page.find_element("id", "error").text
     assert status_of(filled, filled.uncertain_id) == "uncertain"
@@ -208,15 +233,14 @@ def test_read_only_hides_and_refuses_actions(page: Any, board: Dashboard,
         assert by_css(page, "form[method=post]") == [] and by_css(page, "#read-only"), path
         assert not by_css(page, "#bulk-retry, #bulk-cancel, button:not(#apply-filters)")
     # a hand-made form with the session's own token is still refused
+    page.execute_script("window.__before = true;")
     page.execute_script("""
         var f = document.createElement('form'); f.method = 'post';
         f.action = '/requests/' + arguments[0] + '/retry';
         var i = document.createElement('input'); i.name = 'csrf';
         i.value = document.querySelector('meta[name=csrf-token]').content;
         f.appendChild(i); document.body.appendChild(f); f.submit();""", filled.uncertain_id)
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    WebDriverWait(page, WAIT).until(lambda d: "/retry" in d.current_url)
+    wait_for_new_page(page)
     assert page.find_element("css selector", "main h1").text == "403"
     assert "read-only" in page.find_element("id", "error").text
     assert status_of(filled, filled.uncertain_id) == "uncertain"
@@ -228,7 +252,7 @@ def test_login_page_and_an_httponly_samesite_strict_session_cookie(page: Any,
     page.get(board.url + "failures")
     assert "/login" in page.current_url
     page.find_element("name", "password").send_keys("s3cret-dashboard")
-    page.find_element("id", "login").click()
+    follow(page, page.find_element("id", "login"))
     assert page.current_url.endswith("/failures")
     cookie = next(c for c in page.get_cookies() if c["name"] == "sqlbridge_dashboard")
     assert cookie["httpOnly"] is True and cookie["sameSite"] == "Strict"
