@@ -264,6 +264,7 @@ def test_a_password_needs_the_login_and_the_cookie_is_httponly_and_samesite_stri
     s = requests.Session()
     r = s.get(board.url + "requests?status=failed", timeout=30)
     assert "/login" in r.url and 'type="password"' in r.text
+    assert 'href="/failures"' not in r.text  # no navigation before the login
     cookie = r.history[0].headers.get("Set-Cookie", "") if r.history else ""
     cookie = cookie or r.headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
