@@ -626,3 +626,16 @@ def test_a_port_in_use_is_one_line_and_exit_3(tmp_path: Path) -> None:
     assert r.exit_code == 3
     assert r.output.strip().splitlines() == [
         f"error: cannot listen on 127.0.0.1:{port}: Address already in use"]
+
+
+def test_docs_dashboard_md_names_only_options_the_command_has() -> None:
+    doc = (Path(__file__).parent.parent / "docs" / "dashboard.md").read_text(encoding="utf-8")
+    help_text = CliRunner().invoke(main, ["dashboard", "--help"]).output
+    table = "\n".join(line for line in doc.splitlines() if line.startswith("| `"))
+    options = set(re.findall(r"`(--[a-z-]+)", table))
+    assert options >= {"--bind", "--port", "--password-file", "--password", "--read-only"}
+    for option in options:
+        assert option in help_text, option
+    assert "SQLBRIDGE_DASHBOARD_PASSWORD" in help_text
+    for shot in re.findall(r"\]\((dashboard/[\w-]+\.png)\)", doc):
+        assert (Path(__file__).parent.parent / "docs" / shot).stat().st_size > 1000, shot
