@@ -282,7 +282,9 @@ class Script:
     def indent(self, offset: int) -> str:
         start = self.line_start(offset)
         head = self.text[start:offset]
-        return head[: len(head) - len(head.lstrip())]
+        # Spaces and tabs only: str.lstrip() also takes \x1f, \v, \f and Unicode spaces, which
+        # would then be copied in front of every note and line migrate writes.
+        return head[: len(head) - len(head.lstrip(" \t"))]
 
     def _batches(self) -> list[int]:
         batch, out = 0, []

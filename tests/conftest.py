@@ -88,3 +88,12 @@ def providers() -> Iterator[Providers]:
     p = build_providers(pool_size=8)
     yield p
     p.close()
+
+
+# CI runs the property tests derandomized: the same examples every run, so a red CI is a
+# regression, never a new random draw. Locally hypothesis keeps exploring.
+if os.environ.get("CI"):
+    from hypothesis import settings as _hypothesis_settings
+
+    _hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+    _hypothesis_settings.load_profile("ci")

@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from sqlbridge import registry
@@ -453,6 +453,8 @@ def test_a_handle_created_twice_is_two_objects() -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(st.text())
+@example("\x1fx")  # a unit separator before a call was copied as indentation in front of notes
+@example("\x0b\u3000x")
 def test_text_without_an_sp_oa_call_is_never_changed(text: str) -> None:
     if not re.search(r"sp_oa(create|method|getproperty|setproperty|destroy|geterrorinfo|stop)",
                      text, re.IGNORECASE):
