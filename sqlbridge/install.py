@@ -253,6 +253,12 @@ def _install_sqlite(engine: Engine) -> list[str]:
     # create_all checks each table itself; the row only records which metadata made them.
     _upgrade_sqlite_outbox(engine)
     metadata.create_all(engine)
+    # create_all makes indexes only with a new table: an index added in a later release
+    # reaches an existing database here.
+    with engine.begin() as conn:
+        for table in metadata.sorted_tables:
+            for index in table.indexes:
+                index.create(conn, checkfirst=True)
     digest = _sqlite_ddl_checksum(engine)
     with engine.begin() as conn:
         recorded = conn.execute(select(schema_version.c.checksum)

@@ -43,13 +43,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mssql
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
+from sqlalchemy.sql.util import ClauseAdapter
 
 from . import delivery, registry
 from .config import Settings
 from .durations import MAX_AGE_SECONDS
 from .errors import ConfigError, InvalidState, RequestNotFound, ValidationError
 from .schema import FINISHED, outbox, outbox_attempt
-from .sqlfuncs import utcnow
+from .sqlfuncs import IndexedBy, constant, utcnow
 
 log = logging.getLogger("sqlbridge.queue")
 CLAIM_HINT = "WITH (ROWLOCK, READPAST, UPDLOCK)"
@@ -148,19 +149,30 @@ def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
+def _queued(index: str) -> Any:
+    """The outbox read through one of the partial indexes on queued rows (see schema.py)."""
+    return IndexedBy.of(outbox, "q", index)
+
+
 def _claim_statement(limit: int, scope: Any = None) -> Any:
-    # ``scope``: an extra condition (``sqlbridge sync`` claims only its own run's rows).
+    # ``scope``: an extra condition on outbox columns (``sqlbridge sync`` claims only its own
+    # run's rows). Walks ix_outbox_claim_order in the claim's order and stops after ``limit``
+    # due rows: the cost does not grow with the backlog (tests/test_backlog.py checks the plan).
+    q = _queued("ix_outbox_claim_order")
+    extra = [] if scope is None else [ClauseAdapter(q).traverse(scope)]
     pick = (
-        select(outbox.c.id)
-        .where(outbox.c.status == "queued", outbox.c.available_at <= utcnow(),
-               *([] if scope is None else [scope]))
-        .order_by(outbox.c.priority.desc(), outbox.c.id)
+        select(q.c.id)
+        .where(q.c.status == constant("queued"), q.c.available_at <= utcnow(), *extra)
+        .order_by(q.c.priority.desc(), q.c.id)
         .limit(limit)
-        .with_hint(outbox, CLAIM_HINT, "mssql")
+        .with_hint(q, CLAIM_HINT, "mssql")
     )
     return (
         update(outbox)
-        .where(outbox.c.id.in_(pick.scalar_subquery()), outbox.c.status == "queued")
+        # The status guard is written so no index can serve it (``status || ''``): SQLite's
+        # planner would otherwise walk every queued row of ix_outbox_status_finished instead
+        # of looking up the picked ids by primary key.
+        .where(outbox.c.id.in_(pick.scalar_subquery()), outbox.c.status.concat("") == "queued")
         .values(
             status="processing",
             locked_by=bindparam("worker"),
@@ -822,20 +834,31 @@ class Queue:
 
     def summary(self, failures: int = 10) -> dict[str, Any]:
         """Counts by status and operation, the age of the oldest queued request, recent
-        failures: what an operator looks at first."""
+        failures: what an operator looks at first.
+
+        Each part is read from an index built for it: the counts from the narrow
+        (status, operation) index (one pass over index entries, never the wide rows), the
+        oldest queued request and the recent failures by a seek each.
+        """
+        counted = IndexedBy.of(outbox, "s", "ix_outbox_status_operation")
         with self.engine.connect() as conn:
-            counts = conn.execute(
-                select(outbox.c.operation, outbox.c.status, func.count())
-                .group_by(outbox.c.operation, outbox.c.status)
-                .order_by(outbox.c.operation, outbox.c.status)).all()
-            oldest = conn.execute(select(func.min(outbox.c.created_at))
-                                  .where(outbox.c.status == "queued")).scalar()
-            now = conn.execute(select(utcnow())).scalar()
-            recent = conn.execute(
-                select(outbox.c.id, outbox.c.operation, outbox.c.status, outbox.c.error_code,
-                       outbox.c.error_message, outbox.c.finished_at)
-                .where(outbox.c.status.in_(("failed", "uncertain")))
-                .order_by(outbox.c.id.desc()).limit(failures)).all()
+            counts = sorted(conn.execute(
+                select(counted.c.operation, counted.c.status, func.count())
+                .group_by(counted.c.status, counted.c.operation)).all())
+            q = _queued("ix_outbox_queued_created")
+            oldest, now = conn.execute(select(
+                select(func.min(q.c.created_at)).where(q.c.status == constant("queued"))
+                .scalar_subquery(), utcnow())).one()
+            recent: list[Any] = []
+            for status in ("failed", "uncertain"):
+                # One backward seek per status on (status, finished_at), merged below.
+                recent += conn.execute(
+                    select(outbox.c.id, outbox.c.operation, outbox.c.status,
+                           outbox.c.error_code, outbox.c.error_message, outbox.c.finished_at)
+                    .where(outbox.c.status == constant(status))
+                    .order_by(outbox.c.finished_at.desc()).limit(failures)).all()
+        recent.sort(key=lambda r: (_as_datetime(r.finished_at) or datetime.min, r.id),
+                    reverse=True)
         by_status: dict[str, int] = {}
         for _, status, n in counts:
             by_status[status] = by_status.get(status, 0) + n
@@ -844,17 +867,19 @@ class Queue:
             "by_status": by_status,
             "by_operation": [{"operation": o, "status": s, "count": n} for o, s, n in counts],
             "oldest_queued_seconds": (now - oldest).total_seconds() if oldest else None,
-            "recent_failures": [dict(r._mapping) for r in recent],
+            "recent_failures": [dict(r._mapping) for r in recent[:failures]],
         }
 
     def next_due_in(self) -> float | None:
         """Seconds until the earliest queued request may be claimed (0 if one is due now),
-        or None when nothing is queued; by the database's clock."""
+        or None when nothing is queued; by the database's clock. One seek on ix_outbox_claim
+        (available_at first), however many rows are queued."""
+        q = _queued("ix_outbox_claim")
+        earliest = (select(func.min(q.c.available_at)).where(q.c.status == constant("queued"))
+                    .scalar_subquery())
         try:
             with self.engine.connect() as conn:
-                earliest, now = conn.execute(
-                    select(func.min(outbox.c.available_at), utcnow())
-                    .where(outbox.c.status == "queued")).one()
+                earliest, now = conn.execute(select(earliest, utcnow())).one()
             if earliest is None:
                 return None
             return max(0.0, (_as_datetime(earliest) - _as_datetime(now)).total_seconds())

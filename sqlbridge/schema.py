@@ -119,6 +119,32 @@ Index(
 Index("ix_outbox_status_finished", outbox.c.status, outbox.c.finished_at)
 Index("ix_outbox_parent", outbox.c.parent_id)
 
+# Added after the first release, so on SQL Server they live in their own versioned script
+# (``info["script"]``; sqlbridge.tsql writes it): 001 must not change once applied.
+BACKLOG_SCRIPT = "003_backlog_indexes.sql"
+# The claim reads queued rows in exactly this order and stops after the batch, however long
+# the backlog: no sort, and available_at is checked from the index, not the row.
+Index(
+    "ix_outbox_claim_order",
+    outbox.c.priority.desc(),
+    outbox.c.id,
+    outbox.c.available_at,
+    mssql_where=outbox.c.status == "queued",
+    sqlite_where=outbox.c.status == "queued",
+    info={"script": BACKLOG_SCRIPT},
+)
+# status: counts per status and operation from a narrow covering index, not the wide rows.
+Index("ix_outbox_status_operation", outbox.c.status, outbox.c.operation,
+      info={"script": BACKLOG_SCRIPT})
+# status: the oldest queued request is the first entry of this one.
+Index(
+    "ix_outbox_queued_created",
+    outbox.c.created_at,
+    mssql_where=outbox.c.status == "queued",
+    sqlite_where=outbox.c.status == "queued",
+    info={"script": BACKLOG_SCRIPT},
+)
+
 outbox_attempt = Table(
     "outbox_attempt",
     metadata,

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import DateTime
+from sqlalchemy import DateTime, Unicode
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ColumnElement, FunctionElement, literal
+from sqlalchemy.sql.selectable import Alias, TableClause
 
 # SQLite has no datetime type; SQLAlchemy stores "YYYY-MM-DD HH:MM:SS.ffffff". %f gives
 # milliseconds ("SS.SSS"), so the three zeros make the server's own timestamps sort and parse
@@ -50,3 +51,36 @@ def _utcnow_default(element: utcnow, compiler: Any, **kw: Any) -> str:
         return "SYSUTCDATETIME()"
     offset = compiler.process(args[0], **kw)
     return f"DATEADD(millisecond, CAST(({offset}) * 1000 AS INT), SYSUTCDATETIME())"
+
+
+class IndexedBy(Alias):
+    """``table AS name``, read through ``index`` on SQLite (``INDEXED BY``); a plain alias
+    elsewhere.
+
+    SQLite's planner has no statistics unless someone runs ANALYZE, and then prefers any index
+    with an equality on ``status`` over the partial index that serves the claim's order; that
+    choice sorts the whole backlog. Naming the index makes the plan the same on every
+    database file (and fails loudly, "no such index", if install was skipped).
+    """
+
+    inherit_cache = True
+    index: str
+
+    @classmethod
+    def of(cls, table: TableClause, name: str, index: str) -> IndexedBy:
+        alias = cls._construct(table, name=name)
+        alias.index = index
+        return alias
+
+
+@compiles(IndexedBy, "sqlite")
+def _indexed_by_sqlite(element: IndexedBy, compiler: Any, **kw: Any) -> str:
+    text = compiler.visit_alias(element, **kw)
+    return f"{text} INDEXED BY {element.index}" if kw.get("asfrom") else text
+
+
+def constant(value: str) -> ColumnElement[Any]:
+    """A string rendered into the statement, not bound: a partial (filtered) index on
+    ``status = 'queued'`` is used only when the query says the same constant. N'...' on SQL
+    Server, where the filtered index's predicate is NVARCHAR."""
+    return literal(value, Unicode(len(value)), literal_execute=True)

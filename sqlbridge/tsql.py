@@ -111,8 +111,16 @@ def added_tables_script(name: str) -> str:
     return "\n".join(out) + "\n"
 
 
+def index_script_name(index: Any) -> str:
+    """The versioned script that creates ``index``: its own ``info["script"]`` when it was added
+    to an existing table later, else its table's script."""
+    return str(index.info.get("script") or table_script_name(index.table))
+
+
 def added_table_scripts() -> dict[str, str]:
-    names = sorted({table_script_name(t) for t in metadata.sorted_tables} - {FIRST_SCRIPT})
+    names = sorted(({table_script_name(t) for t in metadata.sorted_tables}
+                    | {index_script_name(i) for t in metadata.sorted_tables
+                       for i in t.indexes}) - {FIRST_SCRIPT})
     return {name: added_tables_script(name) for name in names}
 
 
@@ -120,12 +128,14 @@ def _tables_ddl(script: str) -> list[str]:
     dialect = mssql.dialect()
     out: list[str] = []
     for table in metadata.sorted_tables:
-        if table_script_name(table) != script:
-            continue
-        ddl = _tidy(str(CreateTable(table).compile(dialect=dialect)))
-        out.append(f"IF OBJECT_ID(N'{SCHEMA}.{table.name}', N'U') IS NULL\nBEGIN\n{ddl};\nEND;")
-        out.append(GO)
+        if table_script_name(table) == script:
+            ddl = _tidy(str(CreateTable(table).compile(dialect=dialect)))
+            out.append(f"IF OBJECT_ID(N'{SCHEMA}.{table.name}', N'U') IS NULL\nBEGIN\n{ddl};"
+                       "\nEND;")
+            out.append(GO)
         for index in sorted(table.indexes, key=lambda i: str(i.name)):
+            if index_script_name(index) != script:
+                continue
             ddl = _tidy(str(CreateIndex(index).compile(dialect=dialect)))
             out.append(f"IF NOT EXISTS (SELECT 1 FROM sys.indexes WHERE name = N'{index.name}' "
                        f"AND object_id = OBJECT_ID(N'{SCHEMA}.{table.name}'))\n    {ddl};")

@@ -215,7 +215,8 @@ def tables_in_script(text: str) -> dict[str, dict[str, Any]]:
 def indexes_in_script(text: str) -> set[tuple[str, str, bool, tuple[str, ...], str]]:
     found = re.findall(r"CREATE (UNIQUE )?INDEX (\w+) ON sqlbridge\.(\w+) \(([^)]*)\)"
                        r"(?: WHERE (.*?))?;", text)
-    return {(name, table, bool(unique), tuple(c.strip() for c in cols.split(",")), where)
+    return {(name, table, bool(unique),
+             tuple(c.strip().removesuffix(" DESC") for c in cols.split(",")), where)
             for unique, name, table, cols, where in found}
 
 
