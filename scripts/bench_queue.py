@@ -18,6 +18,7 @@ import dataclasses
 import resource
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -100,11 +101,66 @@ def bench(requests: int, concurrency: int, latency_ms: float, workdir: Path) -> 
     }
 
 
+def _timed(fn: object, repeat: int = 7) -> float:
+    """Median wall time of ``fn()`` in milliseconds."""
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()  # type: ignore[operator]
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+def bench_backlog(rows: int, workdir: Path) -> dict[str, float]:
+    """Claim, next_due_in and status with ``rows`` queued and ``rows`` finished requests.
+
+    The rows are written with one INSERT ... SELECT each (the point is the reads, not how the
+    rows got there). Every claim takes 50 rows, so the backlog shrinks by 50 per timing.
+    """
+    url = f"sqlite:///{workdir / 'backlog.db'}"
+    engine = make_engine(url)
+    install(engine)
+    t0 = time.perf_counter()
+    with engine.begin() as conn:
+        for status, finished in (("succeeded", "'2026-01-01 00:00:01.000000'"),
+                                 ("queued", "NULL")):
+            conn.exec_driver_sql(
+                "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < ?) "
+                "INSERT INTO outbox (account, provider, operation, params, priority, status, "
+                "available_at, created_at, finished_at) SELECT 'default', 'afilnet', "
+                "'chat.sendmessage', '{\"platform\":\"whatsapp\",\"message\":\"x\"}', i % 3, "
+                f"'{status}', '2026-01-01 00:00:00.000000', '2026-01-01 00:00:00.000000', "
+                f"{finished} FROM s", (rows,))
+    fill_s = time.perf_counter() - t0
+    queue = Queue(engine, Settings(database_url=url))
+    figures = {
+        "backlog_rows": rows,
+        "backlog_fill_s": fill_s,
+        "claim_50_ms": _timed(lambda: queue.claim("bench", 50, 60)),
+        "next_due_in_ms": _timed(queue.next_due_in),
+        "status_ms": _timed(queue.summary, repeat=3),
+    }
+    engine.dispose()
+    return figures
+
+
+def print_backlog(b: dict[str, float]) -> None:
+    print(f"backlog: {b['backlog_rows']:,.0f} queued + {b['backlog_rows']:,.0f} finished rows "
+          f"(written in {b['backlog_fill_s']:.0f} s)")
+    print(f"  claim of 50: {b['claim_50_ms']:.2f} ms   next_due_in: {b['next_due_in_ms']:.2f} ms"
+          f"   status (summary): {b['status_ms']:.0f} ms   (medians)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--backlog", type=int, default=1_000_000,
+                        help="queued (and as many finished) rows for the claim-time case; 0 skips")
     args = parser.parse_args()
+    if args.backlog:
+        with tempfile.TemporaryDirectory() as tmp:
+            print_backlog(bench_backlog(args.backlog, Path(tmp)))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for latency in (0.0, 20.0):
