@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import socket
 import threading
@@ -34,7 +35,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from . import attempt, dbcheck, dberrors, logs, sync
+from . import attempt, dbcheck, dberrors, logs, sync, wakeup
 from .config import Settings
 from .db import make_engine
 from .health import Observer
@@ -51,6 +52,9 @@ ONCE_HORIZON = 30.0
 DEFAULT_GRACE = 30.0
 # [worker] retention runs at start and then this often (seconds).
 RETENTION_EVERY = 3600.0
+# While idle, the waker reports expired leases and due schedules itself; these clocks are
+# only a safety net (and keep an idle worker's database traffic near zero).
+IDLE_CHECK_EVERY = 300.0
 
 
 @dataclass
@@ -199,7 +203,6 @@ class Worker:
         inflight: dict[Future[Completion], Claimed] = {}
         done: list[Completion] = []
         tokens: dict[str, float] = {}  # lease token -> when it was last renewed
-        idle_sleep = 0.05
         last_flush = time.monotonic()
         next_recovery = 0.0
         next_schedules = 0.0
@@ -207,6 +210,7 @@ class Worker:
         if self.schedules and self.settings.schedules:
             self._db("schedules from settings", lambda: sync.bootstrap(self.engine,
                                                                         self.settings))
+        waker: wakeup.Waker | None = None
         pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="sqlbridge-call")
         log.info("worker %s started: concurrency %d, batch %d", self.id, self.concurrency,
                  self.batch)
@@ -216,16 +220,17 @@ class Worker:
                 now = time.monotonic()
                 if max_seconds is not None and now - started >= max_seconds:
                     break
+                idle = not inflight and not done
                 if now >= next_recovery:
                     recovered = self._db("lease recovery", self.queue.recover_expired) or {}
                     self.observer.recovered(recovered)
                     for k, v in recovered.items():
                         self.stats.recovered[k] = self.stats.recovered.get(k, 0) + v
-                    next_recovery = now + max(1.0, self.lease / 4)
+                    next_recovery = now + (IDLE_CHECK_EVERY if idle else max(1.0, self.lease / 4))
                 self._retention(now)
                 if self.schedules and now >= next_schedules:
                     self._db("schedules", lambda: sync.run_due(self.queue, self.id))
-                    next_schedules = now + 1.0
+                    next_schedules = now + (IDLE_CHECK_EVERY if idle else 1.0)
 
                 free = self.concurrency - len(inflight)
                 claims: list[Claimed] = []
@@ -241,6 +246,9 @@ class Worker:
                     inflight[pool.submit(attempt.run, c, settings=self.settings, call=call,
                                          worker=self.id, followups=fan_out)] = c
                 self.stats.claimed += len(claims)
+                if claims:  # busy again: the checks return to their busy clocks
+                    next_recovery = min(next_recovery, now + max(1.0, self.lease / 4))
+                    next_schedules = min(next_schedules, now + 1.0)
 
                 if inflight:
                     timeout = 0.0 if claims and len(inflight) < self.concurrency else 0.05
@@ -249,7 +257,6 @@ class Worker:
                     for fut in finished:
                         inflight.pop(fut)
                         done.append(fut.result())
-                    idle_sleep = 0.05
                 elif not claims:
                     if once and not done:
                         due = self._db("next due", self.queue.next_due_in)
@@ -258,8 +265,21 @@ class Worker:
                             break
                         self._stop.wait(min(max(due, 0.01), self.poll_interval))
                         continue
-                    self._stop.wait(idle_sleep)
-                    idle_sleep = min(idle_sleep * 2, self.poll_interval)
+                    # Idle: wait for a due row, an expired lease or a due schedule (the
+                    # waker says which), or for the next clock; no claim until then.
+                    until = min(next_recovery, next_schedules if self.schedules else math.inf,
+                                started + max_seconds if max_seconds is not None else math.inf,
+                                time.monotonic() + FLUSH_INTERVAL if done else math.inf,
+                                self._next_retention if self.settings.worker.retention
+                                is not None else math.inf)
+                    waker = waker or self._db("wake-up setup", self._waker)
+                    woke = (self._db("wake-up", functools.partial(
+                        waker.wait, self._stop, until - time.monotonic())) if waker else None
+                            ) or set()
+                    if wakeup.LEASE in woke:
+                        next_recovery = 0.0
+                    if wakeup.SCHEDULE in woke:
+                        next_schedules = 0.0
 
                 # Write results in batches too: when half the pool has finished, when a short
                 # while has passed, or when nothing else is running.
@@ -269,6 +289,8 @@ class Worker:
                     last_flush = time.monotonic()
                 self._renew(tokens, inflight)
         finally:
+            if waker is not None:
+                waker.close()
             self._shutdown(pool, inflight, done, writer, tokens)
         return self.stats
 
@@ -285,6 +307,10 @@ class Worker:
                                       else RETENTION_EVERY)
         if purged:
             log.info("retention: purged %d finished requests older than %gs", purged, age)
+
+    def _waker(self) -> wakeup.Waker:
+        return wakeup.for_engine(self.engine, poll_interval=self.poll_interval,
+                                 schedules=self.schedules)
 
     def _flush(self, done: list[Completion], writer: Callable[..., Any]) -> None:
         try:

@@ -112,12 +112,13 @@ def test_worker_statements_sent_to_sql_server_parse(tmp_path: Path) -> None:
     except ImportError:
         pytest.skip("inbox.mssql_statements not available yet")
     statements = {**queue_statements(), **inbox_statements()}
-    for module in ("messages", "sync"):
+    for module in ("messages", "sync", "wakeup"):
         # Optional: queue and inbox are the modules that must be there.
         with contextlib.suppress(ImportError, AttributeError):
             statements.update(__import__(f"sqlbridge.{module}",
                                          fromlist=["mssql_statements"]).mssql_statements())
     assert "WITH (ROWLOCK, READPAST, UPDLOCK)" in statements["claim"]
+    assert "WAITFOR DELAY" in statements["wakeup_waitfor"]
     assert "OUTPUT inserted." in statements["claim"]
     assert not any(re.search(r"OUTPUT\s+deleted\.", s, re.I) for s in statements.values())
     script = "".join(f"-- {name}\n{as_tsql(s)};\nGO\n" for name, s in statements.items())
