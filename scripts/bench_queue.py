@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import random
 import resource
 import signal
 import socket
@@ -22,8 +23,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import event
@@ -144,6 +147,54 @@ def bench_backlog(rows: int, workdir: Path) -> dict[str, float]:
     return figures
 
 
+def bench_idle(samples: int, latency_ms: float, workdir: Path,
+               idle_window: float = 20.0) -> dict[str, float]:
+    """An idle worker (its own thread, the sandbox in its own process): enqueue one request at
+    a time at random moments and time enqueue -> claim (created_at -> started_at, both the
+    database's clock; the HTTP call leaves right after the claim); then count what the idle
+    worker sends to the database in ``idle_window`` seconds."""
+    url = f"sqlite:///{workdir / 'idle.db'}"
+    engine = make_engine(url)
+    install(engine)
+    rng = random.Random(7)
+    with sandbox_process(latency_ms) as sb:
+        settings = Settings(database_url=url, accounts={"default": sb.account("default")},
+                            worker=dataclasses.replace(WorkerSettings(), concurrency=8))
+        queue = Queue(engine, settings)
+        worker = Worker(settings, engine, schedules=True)
+        thread = threading.Thread(target=worker.run)
+        thread.start()
+        pause = threading.Event()
+        delays = []
+        try:
+            for i in range(samples):
+                pause.wait(rng.uniform(0.2, 0.6))
+                rid = queue.enqueue("chat.sendmessage", {
+                    "platform": "whatsapp", "platformid": "100",
+                    "destination": "34600000001", "message": f"idle {i}"}).id
+                row = queue.wait(rid, 30, poll=0.01)
+                delays.append((_dt(row["started_at"]) - _dt(row["created_at"])).total_seconds())
+            pause.wait(3.0)  # the busy-period clocks fire once more after going idle
+            statements = count_statements(engine)
+            pause.wait(idle_window)
+            idle_statements = statements[0]
+        finally:
+            worker.stop()
+            thread.join()
+    engine.dispose()
+    delays.sort()
+    return {
+        "idle_samples": samples,
+        "wakeup_p50_ms": statistics.median(delays) * 1000,
+        "wakeup_p99_ms": delays[min(len(delays) - 1, int(len(delays) * 0.99))] * 1000,
+        "idle_statements_per_min": idle_statements * 60 / idle_window,
+    }
+
+
+def _dt(value: object) -> datetime:
+    return datetime.fromisoformat(value) if isinstance(value, str) else value  # type: ignore[return-value]
+
+
 def print_backlog(b: dict[str, float]) -> None:
     print(f"backlog: {b['backlog_rows']:,.0f} queued + {b['backlog_rows']:,.0f} finished rows "
           f"(written in {b['backlog_fill_s']:.0f} s)")
@@ -157,7 +208,15 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--backlog", type=int, default=1_000_000,
                         help="queued (and as many finished) rows for the claim-time case; 0 skips")
+    parser.add_argument("--idle-samples", type=int, default=40,
+                        help="single requests sent to an idle worker (wake-up latency); 0 skips")
     args = parser.parse_args()
+    if args.idle_samples:
+        with tempfile.TemporaryDirectory() as tmp:
+            i = bench_idle(args.idle_samples, 50.0, Path(tmp))
+        print(f"idle worker: enqueue -> claim p50 {i['wakeup_p50_ms']:.0f} ms, p99 "
+              f"{i['wakeup_p99_ms']:.0f} ms ({i['idle_samples']:.0f} samples); idle database "
+              f"statements {i['idle_statements_per_min']:.1f}/min")
     if args.backlog:
         with tempfile.TemporaryDirectory() as tmp:
             print_backlog(bench_backlog(args.backlog, Path(tmp)))
