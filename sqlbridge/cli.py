@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -76,7 +77,12 @@ def install(ctx: Context, print_only: bool, babelfish: bool) -> None:
 
 
 @main.command()
-@click.argument("operation")
+@click.argument("operation", required=False)
+@click.option("--file", "file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Queue every request of a JSON Lines file (one object per line: operation, "
+                   "params, and optionally account, priority, request_key, correlation, "
+                   "not_before, max_attempts). All lines are checked first; one bad line "
+                   "queues nothing.")
 @click.option("--param", "-p", "param", multiple=True, metavar="NAME=VALUE",
               help="A parameter, vendor name (repeat).")
 @click.option("--json", "json_text", metavar="JSON|@FILE|-",
@@ -93,13 +99,18 @@ def install(ctx: Context, print_only: bool, babelfish: bool) -> None:
               help="Seconds --wait waits.")
 @click.option("--as-json", "as_json", is_flag=True, help="With --wait: print JSON.")
 @common
-def enqueue(ctx: Context, operation: str, param: tuple[str, ...], json_text: str | None,
-            account: str, priority: int, request_key: str | None, correlation: str | None,
-            max_attempts: int | None, wait: bool, timeout: float, as_json: bool) -> None:
-    """Queue OPERATION (e.g. chat.sendmessage); print the request id.
+def enqueue(ctx: Context, operation: str | None, file: Path | None, param: tuple[str, ...],
+            json_text: str | None, account: str, priority: int, request_key: str | None,
+            correlation: str | None, max_attempts: int | None, wait: bool, timeout: float,
+            as_json: bool) -> None:
+    """Queue OPERATION (e.g. chat.sendmessage); print the request id. Or --file FILE.
 
     Exit 0 when queued (or, with --wait, when it succeeded); see README for other codes.
     """
+    if file is not None or operation is None:
+        _enqueue_file(ctx, operation, file, bool(param or json_text or wait or request_key
+                                                  or correlation or max_attempts))
+        return
     params = _parse_param(param, json_text)
     check_account(ctx, account, operation, params)
     result = ctx.queue.enqueue(operation, params, account=account,
@@ -132,6 +143,24 @@ def _status(ctx: Context, request_id: int) -> str:
         return str(ctx.queue.get(request_id)["status"])
     except Exception:  # noqa: BLE001 - only a courtesy on the way out
         return "queued"
+
+
+def _enqueue_file(ctx: Context, operation: str | None, file: Path | None,
+                  per_request_options: bool) -> None:
+    from .bulk import enqueue_file
+
+    if file is None:
+        raise click.UsageError("give an OPERATION to queue, or --file FILE")
+    if operation is not None or per_request_options:
+        raise click.UsageError("--file takes every request from the file: give no OPERATION, "
+                               "--param, --json, --request-key, --correlation, --max-attempts "
+                               "or --wait with it")
+    r = enqueue_file(ctx.queue, file, check=lambda req: check_account(
+        ctx, req.get("account") or "default", req.get("operation"),
+        req.get("params") if isinstance(req.get("params"), dict) else None))
+    ids = f" (ids {r.first_id} to {r.last_id})" if r.created else ""
+    click.echo(f"{r.lines} requests read: {r.created} queued{ids}, {r.existing} already "
+               "queued under the same request_key")
 
 
 def _show_row(row: dict[str, Any], as_json: bool) -> None:

@@ -21,7 +21,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -114,6 +114,76 @@ class Completion:
     followups: list[dict[str, Any]] = field(default_factory=list)
     # The claim this attempt ran for: operation/account/max_attempts for the log line.
     claim: Claimed | None = None
+
+
+# Fields a request may carry in enqueue_many / ``enqueue --file``.
+REQUEST_FIELDS = ("operation", "params", "account", "priority", "request_key", "correlation",
+                  "not_before", "max_attempts", "provider")
+# Rows per transaction in enqueue_many: large enough that commits do not dominate, small
+# enough that a chunk's keys and ids stay a few hundred kB.
+BULK_CHUNK = 2000
+_REQUEST_FIELD_SET = frozenset(REQUEST_FIELDS)
+_BULK_COLUMNS = ("request_key", "account", "provider", "operation", "params", "priority",
+                 "max_attempts", "correlation", "parent_id", "schedule_id")
+_INT_RANGE = (-2_147_483_648, 2_147_483_647)  # SQL Server INT
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _field(request: Mapping[str, Any], name: str, kind: type, *, required: bool = False,
+           max_length: int | None = None) -> Any:
+    """``request[name]`` if it has the right JSON type (None when absent), else a clear
+    ValidationError."""
+    value = request.get(name)
+    if value is None:
+        if required:
+            raise ValidationError(f"{name} is required", code="INVALID_ARGUMENT", param=name)
+        return None
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int) \
+                or not _INT_RANGE[0] <= value <= _INT_RANGE[1]:
+            raise ValidationError(f"{name} must be a whole number from {_INT_RANGE[0]:,} to "
+                                  f"{_INT_RANGE[1]:,}; got {_shown(value)}",
+                                  code="INVALID_ARGUMENT", param=name)
+    elif not isinstance(value, kind):
+        raise ValidationError(f"{name} must be text; got {_shown(value)}",
+                              code="INVALID_ARGUMENT", param=name)
+    if max_length is not None and len(value) > max_length:
+        raise ValidationError(f"{name} must be at most {max_length} characters",
+                              code="INVALID_ARGUMENT", param=name)
+    return value
+
+
+def _same_or_conflict(row: dict[str, Any], stored: tuple[str, str, str], found: int | None
+                      ) -> None:
+    """A repeated request_key is the same request again (its id is returned), or an
+    IDEMPOTENCY_CONFLICT, as in ``Queue.enqueue``."""
+    operation, account, params = stored
+    try:
+        same_params = json.loads(params or "{}") == json.loads(row["params"])
+    except ValueError:
+        same_params = False
+    if (operation, account) != (row["operation"], row["account"]) or not same_params:
+        where = f"request {found}" if found is not None else "an earlier line of this input"
+        raise ValidationError(
+            f"request_key {row['request_key'][:100]!r} is already used by {where} "
+            f"({operation}, account {account}) with other parameters; use a new key, or the "
+            "same request to get that id back", code="IDEMPOTENCY_CONFLICT",
+            param="request_key")
+
+
+def _timestamp(text: str) -> datetime:
+    """An ISO 8601 time as naive UTC (the database's clock); a time without an offset is UTC."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValidationError(f"not_before must be an ISO 8601 time such as "
+                              f"2026-05-01T08:00:00Z; got {_shown(text)}",
+                              code="INVALID_ARGUMENT", param="not_before") from None
+    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
 
 
 @dataclass(frozen=True)
@@ -512,6 +582,132 @@ class Queue:
                 "parameters; use a new key, or the same request to get that id back",
                 code="IDEMPOTENCY_CONFLICT", param="request_key")
         return int(found.id)
+
+    # -- bulk enqueue ------------------------------------------------------------------------
+
+    def request_row(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        """One request given as a mapping (a line of ``enqueue --file``, an item of
+        ``enqueue_many``), checked field by field and validated like ``enqueue``; returns the
+        row to insert. Raises ValidationError naming the field."""
+        if not _REQUEST_FIELD_SET.issuperset(request):
+            unknown = sorted(map(str, set(request) - _REQUEST_FIELD_SET))
+            raise ValidationError(f"unknown field {_shown(unknown[0])}; allowed: "
+                                  f"{', '.join(REQUEST_FIELDS)}", code="INVALID_ARGUMENT",
+                                  param=str(unknown[0])[:100])
+        operation = _field(request, "operation", str, required=True)
+        params = request.get("params")
+        if params is not None and not isinstance(params, Mapping | str):
+            raise ValidationError("params must be a JSON object (or its text)",
+                                  code="INVALID_PARAMS_JSON", param="params")
+        not_before = _field(request, "not_before", str)
+        account = _field(request, "account", str)
+        row = self._row(
+            operation, params, account="default" if account is None else account,
+            priority=_field(request, "priority", int) or 0,
+            request_key=_field(request, "request_key", str),
+            correlation=_field(request, "correlation", str, max_length=400),
+            not_before=_timestamp(not_before) if not_before is not None else None,
+            max_attempts=_field(request, "max_attempts", int), parent_id=None,
+            schedule_id=None, provider=_field(request, "provider", str))
+        for key, value in row.items():
+            if value.__class__ is str:
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ValidationError(
+                        f"{key} holds a lone surrogate (an unpaired \\ud800-\\udfff escape); "
+                        "send valid Unicode", code="INVALID_ARGUMENT", param=key) from None
+        return row
+
+    def enqueue_many(self, requests: Iterable[Mapping[str, Any]], *,
+                     chunk: int = BULK_CHUNK) -> list[EnqueueResult]:
+        """Validate and store many requests, ``chunk`` rows per transaction (one multi-row
+        INSERT each); results in input order. ``request_key`` is honoured as in ``enqueue``:
+        a key already stored, or repeated earlier in the input, returns that request
+        (``created=False``). A request that fails validation raises ValidationError naming its
+        position ("request 17: ..."); its chunk is not stored, earlier chunks are."""
+        return [r for part in self.enqueue_chunks(requests, chunk=chunk) for r in part]
+
+    def enqueue_chunks(self, requests: Iterable[Mapping[str, Any]], *,
+                       chunk: int = BULK_CHUNK) -> Iterator[list[EnqueueResult]]:
+        """``enqueue_many``, one list of results per committed chunk: for inputs too large
+        to hold every result at once."""
+        rows: list[dict[str, Any]] = []
+        for n, request in enumerate(requests, 1):
+            try:
+                rows.append(self.request_row(request))
+            except ValidationError as exc:
+                raise ValidationError(f"request {n}: {exc}", code=exc.code,
+                                      param=exc.param) from None
+            if len(rows) >= chunk:
+                yield self._insert_rows(rows)
+                rows = []
+        if rows:
+            yield self._insert_rows(rows)
+
+    def _insert_rows(self, rows: list[dict[str, Any]]) -> list[EnqueueResult]:
+        """One transaction: look up the chunk's request keys, insert the rest in one go."""
+        # SQL Server: SQLAlchemy's ordered multi-row INSERT ... OUTPUT gives the ids in input
+        # order. SQLite: asking for that order makes SQLAlchemy send one row per statement;
+        # without it the rows go 1,000 per statement, and the ids come back sortable instead:
+        # under the write lock each new rowid is max(rowid) + 1, so they ascend in VALUES
+        # order (no AUTOINCREMENT keyword, so no other rule applies).
+        in_order = self.engine.dialect.name != "sqlite"
+        stmt = insert(outbox).values(available_at=func.coalesce(
+            bindparam("b_available_at", type_=outbox.c.available_at.type), utcnow()),
+        ).returning(outbox.c.id, sort_by_parameter_order=in_order)
+        for attempt in range(3):
+            try:
+                with self.engine.begin() as conn:
+                    return self._insert_chunk(conn, stmt, rows, in_order)
+            except IntegrityError:
+                # A concurrent caller stored one of these keys between our look and our
+                # insert: look again (it is visible now) and insert the rest.
+                if attempt == 2 or all(r["request_key"] is None for r in rows):
+                    raise
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _insert_chunk(conn: Connection, stmt: Any, rows: list[dict[str, Any]],
+                      in_order: bool) -> list[EnqueueResult]:
+        keys = [r["request_key"] for r in rows if r["request_key"] is not None]
+        known: dict[str, int] = {}
+        stored: dict[str, Any] = {}
+        for i in range(0, len(keys), 500):  # SQL Server takes at most 2,100 parameters
+            for found in conn.execute(
+                    select(outbox.c.request_key, outbox.c.id, outbox.c.operation,
+                           outbox.c.account, outbox.c.params)
+                    .where(outbox.c.request_key.in_(keys[i:i + 500]))):
+                known[found.request_key] = int(found.id)
+                stored[found.request_key] = (found.operation, found.account, found.params)
+        fresh: list[dict[str, Any]] = []
+        # Per input row: (an id already stored, or None; else its row's place in ``fresh``;
+        # whether this row creates the request).
+        plan: list[tuple[int | None, int, bool]] = []
+        pending: dict[str, int] = {}
+        for r in rows:
+            key = r["request_key"]
+            if key is not None and key in known:
+                _same_or_conflict(r, stored[key], known[key])
+                plan.append((known[key], -1, False))
+            elif key is not None and key in pending:
+                first = fresh[pending[key]]
+                _same_or_conflict(r, (first["operation"], first["account"], first["params"]),
+                                  None)
+                plan.append((None, pending[key], False))  # repeated inside this chunk
+            else:
+                if key is not None:
+                    pending[key] = len(fresh)
+                values = {c: r.get(c) for c in _BULK_COLUMNS}
+                values["b_available_at"] = r.get("available_at")
+                plan.append((None, len(fresh), True))
+                fresh.append(values)
+        ids = conn.execute(stmt, fresh).scalars().all() if fresh else []
+        if not in_order:
+            ids = sorted(ids)
+        out = [EnqueueResult(int(found if found is not None else ids[slot]), created)
+               for found, slot, created in plan]
+        return out
 
     # -- the worker's statements ---------------------------------------------------------------
 
