@@ -16,6 +16,7 @@ lease can never move the same row twice:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -225,6 +226,17 @@ def _queued(index: str) -> Any:
 
 
 def _claim_statement(limit: int, scope: Any = None) -> Any:
+    # Built once per batch size (building it cost more CPU than running it; constructs are
+    # immutable, so sharing them is safe); a scoped claim is built each time.
+    return _claim_for(limit) if scope is None else _build_claim(limit, scope)
+
+
+@functools.lru_cache(maxsize=256)
+def _claim_for(limit: int) -> Any:
+    return _build_claim(limit, None)
+
+
+def _build_claim(limit: int, scope: Any) -> Any:
     # ``scope``: an extra condition on outbox columns (``sqlbridge sync`` claims only its own
     # run's rows). Walks ix_outbox_claim_order in the claim's order and stops after ``limit``
     # due rows: the cost does not grow with the backlog (tests/test_backlog.py checks the plan).
@@ -260,6 +272,7 @@ def _adopt_statement() -> Any:
                                          outbox.c.status == "processing")
 
 
+@functools.cache
 def _finish_statement() -> Any:
     terminal = bindparam("terminal")
     return (
@@ -286,6 +299,33 @@ def _finish_statement() -> Any:
     )
 
 
+def _finish_params(c: Completion) -> dict[str, Any]:
+    return {"b_id": c.id, "b_token": c.lease_token, "b_status": c.status,
+            "b_provider": c.provider, "b_http_status": c.http_status, "b_response": c.response,
+            "b_error_code": c.error_code, "b_error_message": c.error_message,
+            "terminal": 0 if c.status == "queued" else 1, "b_retry_in": float(c.retry_in or 0)}
+
+
+def _held_statement(ids: list[int]) -> Any:
+    return (select(outbox.c.id, outbox.c.lease_token)
+            .where(outbox.c.id.in_(ids), outbox.c.status == "processing")
+            .with_hint(outbox, "WITH (UPDLOCK, ROWLOCK)", "mssql"))
+
+
+def _held(conn: Connection, completions: Sequence[Completion]) -> set[int]:
+    """Ids of the completions whose row this worker still holds (status 'processing' with
+    its lease token), locked until the transaction ends (UPDLOCK on SQL Server; SQLite's
+    BEGIN IMMEDIATE already holds the write lock), so the batch UPDATE matches exactly these."""
+    tokens = {c.id: c.lease_token for c in completions}
+    ids = list(tokens)
+    held: set[int] = set()
+    for i in range(0, len(ids), 1000):  # SQL Server takes at most 2,100 parameters
+        rows = conn.execute(_held_statement(ids[i:i + 1000]))
+        held.update(rid for rid, token in rows if token is not None and token == tokens[rid])
+    return held
+
+
+@functools.cache
 def _renew_statement() -> Any:
     return (
         update(outbox)
@@ -379,6 +419,7 @@ def _unreadable_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(getattr(exc, 'orig', None) or exc)[:120]}"
 
 
+@functools.cache
 def _attempt_statement() -> Any:
     return insert(outbox_attempt)
 
@@ -414,6 +455,7 @@ def mssql_statements() -> dict[str, str]:
         "claim": _claim_statement(10),
         "adopt": _adopt_statement(),
         "finish": _finish_statement(),
+        "finish_held": _held_statement([1, 2]),
         "renew": _renew_statement(),
         "release": _release_statement(),
         "expired": _expired_statement(),
@@ -786,18 +828,16 @@ class Queue:
             return []
         fenced: list[int] = []
         repeated: set[int] = set()
-        stmt = _finish_statement()
         with self.engine.begin() as conn:
+            # Which leases still hold, read under lock, then every held row's UPDATE in one
+            # executemany (one round trip with pyodbc's fast_executemany) instead of one
+            # statement per row; the UPDATE keeps its own lease fence all the same.
+            held = _held(conn, completions)
+            if held:
+                conn.execute(_finish_statement(), [_finish_params(c) for c in completions
+                                                   if c.id in held])
             for c in completions:
-                terminal = 0 if c.status == "queued" else 1
-                matched = conn.execute(stmt, {
-                    "b_id": c.id, "b_token": c.lease_token, "b_status": c.status,
-                    "b_provider": c.provider, "b_http_status": c.http_status,
-                    "b_response": c.response, "b_error_code": c.error_code,
-                    "b_error_message": c.error_message, "terminal": terminal,
-                    "b_retry_in": float(c.retry_in or 0),
-                }).rowcount
-                if not matched:
+                if c.id not in held:
                     already = _recorded(conn, c)
                     if already is not None:
                         repeated.add(c.id)

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from queue import Empty, SimpleQueue
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine
@@ -77,6 +78,19 @@ class WorkerStats:
     def count(self, status: str) -> None:
         name = {"queued": "retried"}.get(status, status)
         setattr(self, name, getattr(self, name) + 1)
+
+
+def _drain(completed: SimpleQueue[Future[Completion]], timeout: float) -> list[Future[Completion]]:
+    """The calls finished so far, waiting up to ``timeout`` for the first one."""
+    try:
+        got = [completed.get(timeout=timeout) if timeout > 0 else completed.get_nowait()]
+    except Empty:
+        return []
+    while True:
+        try:
+            got.append(completed.get_nowait())
+        except Empty:
+            return got
 
 
 def default_worker_id() -> str:
@@ -201,6 +215,9 @@ class Worker:
         writer = self._inbox_writer()
         started = time.monotonic()
         inflight: dict[Future[Completion], Claimed] = {}
+        # Calls report here as they finish: the loop takes what is done without registering
+        # a waiter on every call in flight each time round (that cost O(concurrency) per call).
+        completed: SimpleQueue[Future[Completion]] = SimpleQueue()
         done: list[Completion] = []
         tokens: dict[str, float] = {}  # lease token -> when it was last renewed
         last_flush = time.monotonic()
@@ -243,8 +260,10 @@ class Worker:
                     self.observer.claimed(claims, time.monotonic() - t0)
                 for c in claims:
                     tokens.setdefault(c.lease_token, now)
-                    inflight[pool.submit(attempt.run, c, settings=self.settings, call=call,
-                                         worker=self.id, followups=fan_out)] = c
+                    fut = pool.submit(attempt.run, c, settings=self.settings, call=call,
+                                      worker=self.id, followups=fan_out)
+                    fut.add_done_callback(completed.put)
+                    inflight[fut] = c
                 self.stats.claimed += len(claims)
                 if claims:  # busy again: the checks return to their busy clocks
                     next_recovery = min(next_recovery, now + max(1.0, self.lease / 4))
@@ -252,9 +271,7 @@ class Worker:
 
                 if inflight:
                     timeout = 0.0 if claims and len(inflight) < self.concurrency else 0.05
-                    finished, _ = wait(list(inflight), timeout=timeout,
-                                       return_when=FIRST_COMPLETED)
-                    for fut in finished:
+                    for fut in _drain(completed, timeout):
                         inflight.pop(fut)
                         done.append(fut.result())
                 elif not claims:
@@ -362,8 +379,10 @@ class Worker:
         return fenced
 
     def _renew(self, tokens: dict[str, float], inflight: dict[Future[Completion], Claimed]) -> None:
-        live = {c.lease_token for c in inflight.values()}
         now = time.monotonic()
+        if not tokens or now - min(tokens.values()) < self.lease / 3:
+            return  # nothing due: skip the walk over every call in flight
+        live = {c.lease_token for c in inflight.values()}
         for token in list(tokens):
             if token not in live:
                 del tokens[token]
