@@ -249,11 +249,14 @@ def purge(ctx: Context, older_than: str, statuses: tuple[str, ...], dry_run: boo
 @click.option("--log-format", default="text", show_default=True,
               type=click.Choice(["text", "json"], case_sensitive=False),
               help="json: one JSON object per line, same fields.")
+@click.option("--processes", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Run this many worker processes under one supervisor (one per core).")
 @metrics_options
 @common
 def worker(ctx: Context, once: bool, concurrency: int | None, batch: int | None,
            poll_interval: float | None, lease: float | None, no_schedules: bool,
-           grace: float, log_level: str, log_format: str, **metrics_opts: Any) -> None:
+           grace: float, log_level: str, log_format: str, processes: int,
+           **metrics_opts: Any) -> None:
     """Send queued requests until stopped (SIGTERM/SIGINT stop it cleanly; a second one
     exits at once)."""
     from . import logs
@@ -269,6 +272,17 @@ def worker(ctx: Context, once: bool, concurrency: int | None, batch: int | None,
         # An outage is not a mistake: the worker rides it out, as it does mid-run.
         log.warning("%s; retrying until it answers", exc)
         engine = make_engine(ctx.settings.database_url)
+    if processes > 1:
+        from .supervisor import Supervisor, child_args
+
+        if metrics_opts.get("metrics_port") is not None:
+            raise click.UsageError("--metrics-port cannot be combined with --processes: every "
+                                   "process would need a port of its own; run the workers "
+                                   "one per process, each with its own --metrics-port")
+
+        engine.dispose()  # the children open their own
+        sys.exit(Supervisor(processes, child_args(click.get_current_context()),
+                            once=once).run())
     w = Worker(ctx.settings, engine, concurrency=concurrency, batch=batch,
                poll_interval=poll_interval, lease_seconds=lease, schedules=not no_schedules,
                grace=grace)
