@@ -66,7 +66,8 @@ class Transport:
 
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
-    # Requests per second for this account and provider, shared by all threads of a worker.
+    # Requests per second for this account and provider, shared by every worker process and
+    # host (sqlbridge.shared_limits keeps the slots in the database).
     rate_limit: float | None = None
     # Send again a request whose outcome is unknown (read timeout, worker death) instead of
     # marking it `uncertain`. Off by default: a duplicate chat message is worse than a question.

@@ -13,6 +13,7 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     DateTime,
+    Float,
     Index,
     Integer,
     MetaData,
@@ -337,6 +338,18 @@ operator_action = Table(
     Column("matched", Integer, nullable=True),
     Index("ix_operator_action_requested", "requested_at"),
     info={"script": "002_operator_action.sql"},
+)
+
+# Requests-per-second limits shared by every worker (sqlbridge.shared_limits): the next free
+# send slot of each (account, provider), in seconds since 1970 by the database's clock.
+SHARED_LIMITS_SCRIPT = "004_shared_limits.sql"
+rate_limit_slot = Table(
+    "rate_limit_slot",
+    metadata,
+    Column("account", Unicode(100), primary_key=True),
+    Column("provider", Unicode(20), primary_key=True),
+    Column("next_at", Float, nullable=False),
+    info={"script": SHARED_LIMITS_SCRIPT},
 )
 
 schema_version = Table(

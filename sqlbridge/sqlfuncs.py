@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import DateTime, Unicode
+from sqlalchemy import DateTime, Float, Unicode
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ColumnElement, FunctionElement, literal
 from sqlalchemy.sql.selectable import Alias, TableClause
@@ -84,3 +84,22 @@ def constant(value: str) -> ColumnElement[Any]:
     ``status = 'queued'`` is used only when the query says the same constant. N'...' on SQL
     Server, where the filtered index's predicate is NVARCHAR."""
     return literal(value, Unicode(len(value)), literal_execute=True)
+
+
+class epoch_now(FunctionElement[Any]):
+    """The database server's clock as seconds since 1970-01-01 UTC (a float): arithmetic on
+    it is plain addition on every dialect."""
+
+    type = Float()
+    inherit_cache = True
+    name = "epoch_now"
+
+
+@compiles(epoch_now, "sqlite")
+def _epoch_now_sqlite(element: epoch_now, compiler: Any, **kw: Any) -> str:
+    return "((julianday('now') - 2440587.5) * 86400.0)"
+
+
+@compiles(epoch_now)
+def _epoch_now_default(element: epoch_now, compiler: Any, **kw: Any) -> str:
+    return "(CAST(DATEDIFF_BIG(millisecond, '19700101', SYSUTCDATETIME()) AS FLOAT) / 1000.0)"

@@ -719,6 +719,8 @@ WORKER_GRANTS = {
     "schema_version": "SELECT",
     # The CLI's bulk retry/cancel records its audit row (usually run with the worker's login).
     "operator_action": "SELECT, INSERT, UPDATE",
+    # Send slots of rate_limit shared by all workers (sqlbridge.shared_limits).
+    "rate_limit_slot": "SELECT, INSERT, UPDATE",
     **{t.name: "SELECT, INSERT, UPDATE" for t in INBOX_TABLES},
 }
 

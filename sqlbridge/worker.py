@@ -41,6 +41,7 @@ from .config import Settings
 from .db import make_engine
 from .health import Observer
 from .queue import PURGE_BATCH, Claimed, Completion, Queue, is_data_error
+from .shared_limits import SharedRateLimiter
 
 log = logging.getLogger("sqlbridge.worker")
 T = TypeVar("T")
@@ -131,6 +132,8 @@ class Worker:
             from .providers import build_providers
 
             self._providers = build_providers(pool_size=self.concurrency)
+            # rate_limit holds across every worker, not per process (sqlbridge.shared_limits).
+            self._providers.transport.limiter = SharedRateLimiter(self.engine)
             self._call = self._providers.call
         return self._call
 

@@ -112,7 +112,7 @@ def test_worker_statements_sent_to_sql_server_parse(tmp_path: Path) -> None:
     except ImportError:
         pytest.skip("inbox.mssql_statements not available yet")
     statements = {**queue_statements(), **inbox_statements()}
-    for module in ("messages", "sync", "wakeup"):
+    for module in ("messages", "sync", "wakeup", "shared_limits"):
         # Optional: queue and inbox are the modules that must be there.
         with contextlib.suppress(ImportError, AttributeError):
             statements.update(__import__(f"sqlbridge.{module}",
