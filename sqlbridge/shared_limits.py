@@ -29,8 +29,9 @@ from typing import Any
 
 from sqlalchemy import Engine, bindparam, case, insert, select, update
 from sqlalchemy.dialects import mssql
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from .errors import TransientError
 from .schema import rate_limit_slot
 from .sqlfuncs import epoch_now
 
@@ -93,7 +94,15 @@ class SharedRateLimiter:
                 block.left -= skipped
                 block.next_local += skipped * interval
             if not block.left:
-                block.next_local, block.left = self._reserve(key, per_second)
+                try:
+                    block.next_local, block.left = self._reserve(key, per_second)
+                except SQLAlchemyError as exc:
+                    # Runs on a call thread: never let a database error escape as one. The
+                    # call has not been made, so the queue may simply try it again later.
+                    raise TransientError(
+                        f"no send slot for account {key[0]!r} ({key[1]}): the rate-limit "
+                        f"table could not be reached ({type(exc).__name__})",
+                        code="RATE_LIMIT_UNAVAILABLE", delivered=False) from None
             slot = block.next_local
             block.next_local += interval
             block.left -= 1

@@ -1,9 +1,11 @@
 """The worker process: claim, call on a thread pool, write back, repeat.
 
 One thread (the caller of ``run``) owns every database conversation; the pool threads only do
-HTTP. That keeps database round trips few and batched (one claim per batch, one finish
-transaction for everything that completed since the last loop, one lease renewal per claim
-token) and means a database outage pauses bookkeeping without touching calls in flight.
+HTTP (and, for an account with a ``rate_limit``, reserve send slots in blocks:
+``sqlbridge.shared_limits``). That keeps database round trips few and batched (one claim per
+batch, one finish transaction for everything that completed since the last loop, one lease
+renewal per claim token) and means a database outage pauses bookkeeping without touching
+calls in flight.
 
 Shutdown (SIGTERM/SIGINT through ``stop()``): no new claims; claims not yet started are
 released back to the queue without counting an attempt; calls in flight get ``grace`` seconds

@@ -100,3 +100,19 @@ def test_two_workers_sending_for_one_account_respect_its_rate(live: Settings,
     # Two workers with their own limiters would have taken about 1 s; shared, 20 calls at
     # 10 a second take at least 1.9 s.
     assert time.monotonic() - start >= 1.9 - 0.05
+
+
+def test_an_unreachable_database_fails_the_call_as_not_sent(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from sqlbridge.db import make_engine
+    from sqlbridge.errors import TransientError
+
+    broken = make_engine(f"sqlite:///{tmp_path / 'missing-dir' / 'x.db'}")
+    limiter = SharedRateLimiter(broken)
+    try:
+        limiter.acquire(KEY, 5.0)
+    except TransientError as exc:
+        assert exc.code == "RATE_LIMIT_UNAVAILABLE" and exc.delivered is False
+    else:
+        raise AssertionError("acquire must fail when the table cannot be reached")
+    finally:
+        broken.dispose()
