@@ -51,7 +51,7 @@ from .config import Settings
 from .durations import MAX_AGE_SECONDS
 from .errors import ConfigError, InvalidState, RequestNotFound, ValidationError
 from .schema import FINISHED, outbox, outbox_attempt
-from .sqlfuncs import IndexedBy, constant, utcnow
+from .sqlfuncs import IndexedBy, constant, unindexed, utcnow
 
 log = logging.getLogger("sqlbridge.queue")
 CLAIM_HINT = "WITH (ROWLOCK, READPAST, UPDLOCK)"
@@ -251,10 +251,12 @@ def _build_claim(limit: int, scope: Any) -> Any:
     )
     return (
         update(outbox)
-        # The status guard is written so no index can serve it (``status || ''``): SQLite's
+        # The status check again (Babelfish ignores the locking hints: this is what stops two
+        # claims taking one row there), written so no index can serve it on SQLite, whose
         # planner would otherwise walk every queued row of ix_outbox_status_finished instead
         # of looking up the picked ids by primary key.
-        .where(outbox.c.id.in_(pick.scalar_subquery()), outbox.c.status.concat("") == "queued")
+        .where(outbox.c.id.in_(pick.scalar_subquery()),
+               unindexed(outbox.c.status) == "queued")
         .values(
             status="processing",
             locked_by=bindparam("worker"),

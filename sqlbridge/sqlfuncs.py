@@ -103,3 +103,25 @@ def _epoch_now_sqlite(element: epoch_now, compiler: Any, **kw: Any) -> str:
 @compiles(epoch_now)
 def _epoch_now_default(element: epoch_now, compiler: Any, **kw: Any) -> str:
     return "(CAST(DATEDIFF_BIG(millisecond, '19700101', SYSUTCDATETIME()) AS FLOAT) / 1000.0)"
+
+
+class unindexed(FunctionElement[Any]):
+    """``column`` written so SQLite's planner cannot use an index for a condition on it (the
+    unary ``+`` its documentation recommends); the plain column elsewhere."""
+
+    inherit_cache = True
+    name = "unindexed"
+
+    def __init__(self, column: ColumnElement[Any]) -> None:
+        super().__init__(column)
+        self.type = column.type
+
+
+@compiles(unindexed, "sqlite")
+def _unindexed_sqlite(element: unindexed, compiler: Any, **kw: Any) -> str:
+    return "+" + compiler.process(list(element.clauses)[0], **kw)
+
+
+@compiles(unindexed)
+def _unindexed_default(element: unindexed, compiler: Any, **kw: Any) -> str:
+    return compiler.process(list(element.clauses)[0], **kw)
