@@ -102,7 +102,11 @@ def _epoch_now_sqlite(element: epoch_now, compiler: Any, **kw: Any) -> str:
 
 @compiles(epoch_now)
 def _epoch_now_default(element: epoch_now, compiler: Any, **kw: Any) -> str:
-    return "(CAST(DATEDIFF_BIG(millisecond, '19700101', SYSUTCDATETIME()) AS FLOAT) / 1000.0)"
+    # Whole days, then milliseconds into today: DATEDIFF in one unit would overflow INT (and
+    # DATEDIFF_BIG is not everywhere). SYSUTCDATETIME() is one value for the whole statement.
+    return ("(CAST(DATEDIFF(day, '19700101', SYSUTCDATETIME()) AS FLOAT) * 86400.0 + "
+            "DATEDIFF(millisecond, CAST(CAST(SYSUTCDATETIME() AS DATE) AS DATETIME2(3)), "
+            "SYSUTCDATETIME()) / 1000.0)")
 
 
 class unindexed(FunctionElement[Any]):
