@@ -102,11 +102,13 @@ def _epoch_now_sqlite(element: epoch_now, compiler: Any, **kw: Any) -> str:
 
 @compiles(epoch_now)
 def _epoch_now_default(element: epoch_now, compiler: Any, **kw: Any) -> str:
-    # Whole days, then milliseconds into today: DATEDIFF in one unit would overflow INT (and
-    # DATEDIFF_BIG is not everywhere). SYSUTCDATETIME() is one value for the whole statement.
-    return ("(CAST(DATEDIFF(day, '19700101', SYSUTCDATETIME()) AS FLOAT) * 86400.0 + "
-            "DATEDIFF(millisecond, CAST(CAST(SYSUTCDATETIME() AS DATE) AS DATETIME2(3)), "
-            "SYSUTCDATETIME()) / 1000.0)")
+    # Whole minutes, then milliseconds into the minute, of one reading of the clock (a derived
+    # table, so both parts see the same instant): one DATEDIFF in seconds or milliseconds
+    # would overflow INT, and DATEDIFF_BIG is not everywhere.
+    return ("(SELECT CAST(DATEDIFF(minute, '19700101', t.n) AS FLOAT) * 60.0 + "
+            "DATEDIFF(millisecond, DATEADD(minute, DATEDIFF(minute, '19700101', t.n), "
+            "CAST('19700101' AS DATETIME2(3))), t.n) / 1000.0 "
+            "FROM (SELECT SYSUTCDATETIME() AS n) AS t)")
 
 
 class unindexed(FunctionElement[Any]):
