@@ -50,18 +50,28 @@ def test_enqueue_many_stores_what_enqueue_stores_in_input_order(queue: Queue) ->
 
 def test_request_keys_are_honoured_against_the_table_and_within_the_input(
         queue: Queue) -> None:
-    old = queue.enqueue(SEND, msg(0)["params"], request_key="k-old").id
+    old = queue.enqueue(SEND, msg(1)["params"], request_key="k-old").id
     requests = [msg(1, request_key="k-old"), msg(2, request_key="k-new"), msg(3),
-                msg(4, request_key="k-new"), msg(5, request_key="k-late")]
+                msg(2, request_key="k-new"), msg(5, request_key="k-late")]
     results = queue.enqueue_many(requests, chunk=2)  # the repeat of k-new is in a later chunk
     assert (results[0].id, results[0].created) == (old, False)
     assert results[1].created and results[2].created and results[4].created
     assert (results[3].id, results[3].created) == (results[1].id, False)
-    again = queue.enqueue_many([msg(9, request_key="k-new"), msg(9, request_key="k-x"),
+    again = queue.enqueue_many([msg(2, request_key="k-new"), msg(9, request_key="k-x"),
                                 msg(9, request_key="k-x")])  # repeat inside one chunk
     assert (again[0].id, again[0].created) == (results[1].id, False)
     assert again[1].created and (again[2].id, again[2].created) == (again[1].id, False)
     assert count(queue) == 5  # k-old, k-new, the keyless one, k-late, k-x
+
+
+def test_a_key_reused_for_another_request_is_a_conflict_as_in_enqueue(queue: Queue) -> None:
+    queue.enqueue(SEND, msg(1)["params"], request_key="k")
+    with pytest.raises(ValidationError, match="already used by request") as stored:
+        queue.enqueue_many([msg(2, request_key="k")])
+    with pytest.raises(ValidationError, match="already used by an earlier line") as inside:
+        queue.enqueue_many([msg(3, request_key="j"), msg(4, request_key="j")])
+    assert stored.value.code == inside.value.code == "IDEMPOTENCY_CONFLICT"
+    assert count(queue) == 1
 
 
 def test_not_before_is_utc_and_a_bad_request_names_its_position(queue: Queue) -> None:
