@@ -39,6 +39,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import Connection, Engine, case, exists, func, literal, select, text, true
 from sqlalchemy.dialects import mssql
+from sqlalchemy.exc import OperationalError
 
 from .schema import SCHEMA, outbox, sync_schedule
 from .sqlfuncs import IndexedBy, constant, utcnow
@@ -199,20 +200,38 @@ class SqliteWaker(_Base):
     def __init__(self, engine: Engine, database: str, poll_interval: float,
                  schedules: bool) -> None:
         super().__init__(poll_interval, schedules)
-        self._conn = sqlite3.connect(database, isolation_level=None, check_same_thread=False,
-                                     uri=database.startswith("file:"), timeout=30)
+        self._database = database
+        self._conn: sqlite3.Connection | None = None
         self._sql = str(next_events_statement().compile(
             dialect=engine.dialect, compile_kwargs={"literal_binds": True},
             schema_translate_map={SCHEMA: "main"}, render_schema_translate=True))
 
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = sqlite3.connect(self._database, isolation_level=None,
+                                         check_same_thread=False, timeout=30,
+                                         uri=self._database.startswith("file:"))
+        return self._conn
+
     def _version(self) -> int:
-        return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+        return int(self._connection().execute("PRAGMA data_version").fetchone()[0])
 
     def _look(self) -> tuple[set[str], float | None]:
         self.checks += 1
-        return reasons_from_times(self._conn.execute(self._sql).fetchone(), self.schedules)
+        row = self._connection().execute(self._sql).fetchone()
+        return reasons_from_times(row, self.schedules)
 
     def wait(self, stop: threading.Event, timeout: float) -> set[str]:
+        # This connection is our own, outside SQLAlchemy: its errors become SQLAlchemy's
+        # OperationalError, which the worker's outage handling retries with back-off (and the
+        # next wait opens a fresh connection).
+        try:
+            return self._wait(stop, timeout)
+        except sqlite3.Error as exc:
+            self.close()
+            raise OperationalError("PRAGMA data_version / next events", None, exc) from exc
+
+    def _wait(self, stop: threading.Event, timeout: float) -> set[str]:
         deadline = time.monotonic() + max(0.0, timeout)
         # The version is read before the look: a commit after it changes the version, so
         # no row can slip in between the look and the watching.
@@ -236,7 +255,9 @@ class SqliteWaker(_Base):
                 return reasons
 
     def close(self) -> None:
-        self._conn.close()
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            conn.close()
 
 
 class _HeldConnection:

@@ -230,3 +230,16 @@ def test_sql_server_waker_wakes_on_a_new_row() -> None:
     finally:
         w.close()
         engine.dispose()
+
+
+def test_a_broken_waker_connection_is_an_outage_the_worker_retries(
+        file_engine: Engine, waker: wakeup.Waker) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    assert waker.wait(threading.Event(), 0.05) == set()
+    waker._conn.close()  # type: ignore[attr-defined]  # the file went away, a disk error...
+    with pytest.raises(OperationalError):
+        waker.wait(threading.Event(), 0.05)
+    # The next wait opens a fresh connection and works again.
+    Queue(file_engine).enqueue("chat.sendmessage", MSG)
+    assert waker.wait(threading.Event(), LONG) == {"queued"}
