@@ -59,6 +59,9 @@ RETENTION_EVERY = 3600.0
 # While idle, the waker reports expired leases and due schedules itself; these clocks are
 # only a safety net (and keep an idle worker's database traffic near zero).
 IDLE_CHECK_EVERY = 300.0
+# ...and an idle wait ends at least this often, so the loop comes round (the health endpoint's
+# stall threshold is 60 s or more); a wait that ended with nothing to do claims nothing.
+IDLE_TURN = 20.0
 
 
 @dataclass
@@ -233,6 +236,7 @@ class Worker:
             self._db("schedules from settings", lambda: sync.bootstrap(self.engine,
                                                                         self.settings))
         waker: wakeup.Waker | None = None
+        quiet = False  # the last idle wait ended with nothing due: no claim to make
         pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="sqlbridge-call")
         log.info("worker %s started: concurrency %d, batch %d", self.id, self.concurrency,
                  self.batch)
@@ -249,16 +253,19 @@ class Worker:
                     for k, v in recovered.items():
                         self.stats.recovered[k] = self.stats.recovered.get(k, 0) + v
                     next_recovery = now + (IDLE_CHECK_EVERY if idle else max(1.0, self.lease / 4))
+                    quiet = False
                 self._retention(now)
                 if self.schedules and now >= next_schedules:
                     self._db("schedules", lambda: sync.run_due(self.queue, self.id))
                     next_schedules = now + (IDLE_CHECK_EVERY if idle else 1.0)
+                    quiet = False
 
                 free = self.concurrency - len(inflight)
                 claims: list[Claimed] = []
                 # Claim in batches: refill when half the slots are free (or all are idle),
                 # not one row per finished call, so each claim statement carries many rows.
-                if free > 0 and (not inflight or free >= max(1, self.concurrency // 2)):
+                if free > 0 and (not inflight or free >= max(1, self.concurrency // 2)) \
+                        and not quiet:
                     t0 = time.monotonic()
                     claims = self._db("claim", self.queue.repeatable_claim(
                         self.id, min(free, self.batch), self.lease)) or []
@@ -270,6 +277,7 @@ class Worker:
                     fut.add_done_callback(completed.put)
                     inflight[fut] = c
                 self.stats.claimed += len(claims)
+                quiet = False
                 if claims:  # busy again: the checks return to their busy clocks
                     next_recovery = min(next_recovery, now + max(1.0, self.lease / 4))
                     next_schedules = min(next_schedules, now + 1.0)
@@ -293,11 +301,12 @@ class Worker:
                                 started + max_seconds if max_seconds is not None else math.inf,
                                 time.monotonic() + FLUSH_INTERVAL if done else math.inf,
                                 self._next_retention if self.settings.worker.retention
-                                is not None else math.inf)
+                                is not None else math.inf, time.monotonic() + IDLE_TURN)
                     waker = waker or self._db("wake-up setup", self._waker)
                     woke = (self._db("wake-up", functools.partial(
                         waker.wait, self._stop, until - time.monotonic())) if waker else None
                             ) or set()
+                    quiet = not woke
                     if wakeup.LEASE in woke:
                         next_recovery = 0.0
                     if wakeup.SCHEDULE in woke:

@@ -243,3 +243,38 @@ def test_a_broken_waker_connection_is_an_outage_the_worker_retries(
     # The next wait opens a fresh connection and works again.
     Queue(file_engine).enqueue("chat.sendmessage", MSG)
     assert waker.wait(threading.Event(), LONG) == {"queued"}
+
+
+def test_an_idle_worker_s_loop_still_comes_round_and_claims_nothing_when_it_does(
+        live: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The health endpoint calls a loop that has not come round for a minute stalled; an idle
+    wait therefore ends every IDLE_TURN seconds, and a turn with nothing due sends nothing."""
+    from sqlbridge import worker as worker_mod
+    from sqlbridge.health import Observer
+
+    monkeypatch.setattr(worker_mod, "IDLE_TURN", 0.2)
+    turns = threading.Semaphore(0)
+
+    class Turns(Observer):
+        def loop(self, inflight: int) -> None:
+            turns.release()
+
+    url = f"sqlite:///{tmp_path / 'turns.db'}"
+    engine = make_engine(url)
+    install(engine)
+    w = Worker(dataclasses.replace(live, database_url=url), engine, schedules=False,
+               observer=Turns())
+    t = threading.Thread(target=w.run)
+    t.start()
+    try:
+        for _ in range(3):  # the busy-period clocks after start-up
+            assert turns.acquire(timeout=LONG)
+        sent: list[str] = []
+        event.listen(engine, "before_cursor_execute", lambda _c, _cur, sql, *_: sent.append(sql))
+        for _ in range(5):  # five more idle turns
+            assert turns.acquire(timeout=LONG)
+    finally:
+        w.stop()
+        t.join(LONG)
+        engine.dispose()
+    assert sent == [], sent
