@@ -185,6 +185,10 @@ class _Base:
         self._streak = 0
         self.checks = 0  # statements sent, for the benchmark's idle traffic figure
 
+    def probe(self) -> None:
+        """Show the database is usable after a wait that found nothing (the worker's health
+        relies on database contact). Server-side waits are that contact already."""
+
     def _fired_at_once(self, stop: threading.Event, reasons: set[str]) -> set[str]:
         """Reasons found on the first look: the caller's claim just missed them. Back off,
         more each time in a row, so a claim that cannot take a row never spins."""
@@ -200,6 +204,7 @@ class SqliteWaker(_Base):
     def __init__(self, engine: Engine, database: str, poll_interval: float,
                  schedules: bool) -> None:
         super().__init__(poll_interval, schedules)
+        self._engine = engine
         self._database = database
         self._conn: sqlite3.Connection | None = None
         self._sql = str(next_events_statement().compile(
@@ -215,6 +220,13 @@ class SqliteWaker(_Base):
 
     def _version(self) -> int:
         return int(self._connection().execute("PRAGMA data_version").fetchone()[0])
+
+    def probe(self) -> None:
+        """Take and release the write lock (an empty BEGIN IMMEDIATE transaction, through the
+        engine and its busy timeout): watching data_version keeps working while another
+        process holds the database, but claiming would not."""
+        with self._engine.begin():
+            pass
 
     def _look(self) -> tuple[set[str], float | None]:
         self.checks += 1

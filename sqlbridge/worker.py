@@ -307,6 +307,8 @@ class Worker:
                         waker.wait, self._stop, until - time.monotonic())) if waker else None
                             ) or set()
                     quiet = not woke
+                    if quiet and waker is not None:
+                        self._db("database check", waker.probe)
                     if wakeup.LEASE in woke:
                         next_recovery = 0.0
                     if wakeup.SCHEDULE in woke:
