@@ -7,10 +7,11 @@ library becomes one ConfigError that says what to install, not an ImportError tr
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from .errors import ConfigError
@@ -48,6 +49,61 @@ def _sqlite_begin(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+# Microsoft's ODBC drivers ("ODBC Driver 18 for SQL Server", "ODBC Driver 17 …"): the only ones
+# trusted with pyodbc's fast_executemany (with FreeTDS it crashes the process on multi-row writes).
+_MICROSOFT_ODBC = re.compile(r"^\{?ODBC Driver \d+ for SQL Server\}?$", re.IGNORECASE)
+
+
+def odbc_driver(url: URL) -> str:
+    """The ODBC driver a pyodbc URL names (``?driver=``), or '' for a DSN / none given."""
+    return str(url.query.get("driver") or "")
+
+
+def is_freetds(url: URL) -> bool:
+    return "freetds" in odbc_driver(url).lower()
+
+
+def mssql_url(url: URL) -> URL:
+    """The URL rewritten into what its driver understands.
+
+    FreeTDS does not read the ``Server=host,port`` SQLAlchemy writes (it connected to
+    ``host\x001433``): it takes ``Port=``. A port in the query string makes SQLAlchemy leave
+    ``Server=`` bare and pass ``port=…`` through as its own keyword.
+    """
+    if url.get_driver_name() == "pyodbc" and is_freetds(url) and url.port is not None \
+            and "port" not in {k.lower() for k in url.query}:
+        return url.set(port=None).update_query_dict({"port": str(url.port)})
+    return url
+
+
+def mssql_engine_options(url: URL) -> dict[str, Any]:
+    """create_engine options per driver.
+
+    - fast_executemany: Microsoft's ODBC driver only (FreeTDS segfaults on it).
+    - setinputsizes: SQLAlchemy binds NVARCHAR(MAX) values as (SQL_WVARCHAR, 0, 0), the
+      "max" form Microsoft's driver documents; FreeTDS refuses a column size of 0 for values
+      over 4,000 bytes (HY090 Invalid string or buffer length). Without it pyodbc binds each
+      string by its length (SQL_WVARCHAR up to 4,000 characters, SQL_WLONGVARCHAR above),
+      which FreeTDS sends as NVARCHAR / NTEXT and the server converts to NVARCHAR(MAX).
+    """
+    if url.get_driver_name() != "pyodbc":
+        return {}
+    if _MICROSOFT_ODBC.match(odbc_driver(url)):
+        return {"fast_executemany": True}
+    if is_freetds(url):
+        return {"use_setinputsizes": False}
+    return {}
+
+
+def _mssql_session(dbapi_conn: Any, _record: Any) -> None:
+    # Every rowcount-fenced transition (cancel, retry, lease renewal, schedule claims, the
+    # fenced finish) trusts "rows affected": make sure NOCOUNT is off on every new connection,
+    # whatever the login's defaults ('user options') say.
+    cur = dbapi_conn.cursor()
+    cur.execute("SET NOCOUNT OFF")
+    cur.close()
+
+
 def make_engine(url: str, *, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS,
                 **kwargs: Any) -> Engine:
     """An engine for ``url``. ``busy_timeout_ms`` (SQLite): how long a statement waits for
@@ -66,11 +122,13 @@ def make_engine(url: str, *, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS,
         return engine
     if backend == "mssql":
         kwargs.setdefault("pool_pre_ping", True)
-        driver = make_url(url).get_driver_name()
-        if driver == "pyodbc":
-            kwargs.setdefault("fast_executemany", True)
+        parsed = mssql_url(make_url(url))
+        for key, value in mssql_engine_options(parsed).items():
+            kwargs.setdefault(key, value)
         try:
-            return create_engine(url, **kwargs)
+            engine = create_engine(parsed, **kwargs)
+            event.listen(engine, "connect", _mssql_session)
+            return engine
         except ImportError as exc:
             raise ConfigError(
                 f"the SQL Server driver for {_safe(url)} cannot be loaded ({exc}). On Debian or "

@@ -151,11 +151,13 @@ def plan(applied: dict[str, str], babelfish: bool = False,
 @contextmanager
 def _install_lock(conn: Connection) -> Iterator[None]:
     """A session-owned application lock, so two installers never interleave their scripts."""
+    # NOCOUNT ON so the SELECT is the batch's first result, and OFF again at its end; the
+    # connection is discarded after install anyway (install()).
     rc = conn.exec_driver_sql(
         "SET NOCOUNT ON; DECLARE @rc INT; EXEC @rc = sp_getapplock "
         "@Resource = N'sqlbridge.install', @LockMode = N'Exclusive', @LockOwner = N'Session', "
         f"@LockTimeout = {_LOCK_MS}; "
-        "SELECT @rc;").scalar()
+        "SELECT @rc; SET NOCOUNT OFF;").scalar()
     conn.commit()
     if rc is None or rc < 0:
         raise ConfigError("another sqlbridge install has held the install lock for over "
@@ -180,23 +182,32 @@ def install(engine: Engine, directory: Path = SQL_DIR,
         raise ConfigError(f"sqlbridge install supports SQLite and SQL Server (including Azure "
                           f"SQL and Babelfish), not {engine.dialect.name}")
     done: list[str] = []
-    with engine.connect() as conn, _install_lock(conn):
-        if babelfish is None:
-            babelfish = is_babelfish(conn)
-        applied = _applied(conn)
-        conn.commit()
-        for name, body in plan(applied, babelfish, directory):
-            digest = checksum(body)
-            with conn.begin():
-                for batch in batches(body):
-                    conn.exec_driver_sql(batch)
-                if name in applied:
-                    conn.execute(update(schema_version)
-                                 .where(schema_version.c.version == name)
-                                 .values(checksum=digest))
-                else:
-                    conn.execute(schema_version.insert().values(version=name, checksum=digest))
-            done.append(name)
+    conn = engine.connect()
+    try:
+        with _install_lock(conn):
+            if babelfish is None:
+                babelfish = is_babelfish(conn)
+            applied = _applied(conn)
+            conn.commit()
+            for name, body in plan(applied, babelfish, directory):
+                digest = checksum(body)
+                with conn.begin():
+                    for batch in batches(body):
+                        conn.exec_driver_sql(batch)
+                    if name in applied:
+                        conn.execute(update(schema_version)
+                                     .where(schema_version.c.version == name)
+                                     .values(checksum=digest))
+                    else:
+                        conn.execute(schema_version.insert().values(version=name,
+                                                                    checksum=digest))
+                done.append(name)
+    finally:
+        # Scripts (a DBA's edits included) may SET session options; such a session must never
+        # go back to the pool, where the worker would inherit it (NOCOUNT ON made every
+        # rowcount-fenced transition see 0 rows). Invalidated: closed, not pooled.
+        conn.invalidate()
+        conn.close()
     return done
 
 

@@ -583,14 +583,21 @@ class Queue:
             "operation": op.name,
             "params": _json(clean),
             "priority": int(priority),
-            "max_attempts": max_attempts or self.settings.worker.max_attempts,
             "correlation": correlation,
             "parent_id": parent_id,
             "schedule_id": schedule_id,
         }
         if not_before is not None:
             row["available_at"] = not_before
+        if max_attempts is not None:
+            # Left out otherwise: NULL means "the worker's setting" (max_attempts_of).
+            row["max_attempts"] = max_attempts
         return row
+
+    def max_attempts_of(self, stored: int | None) -> int:
+        """A row's attempt limit: its own, or the worker's setting when it has none (NULL),
+        the one rule for rows from Python, the procedures and plain INSERTs."""
+        return stored if stored is not None else self.settings.worker.max_attempts
 
     def _insert(self, conn: Connection, row: dict[str, Any]) -> EnqueueResult:
         if row["request_key"] is not None:
@@ -781,7 +788,9 @@ class Queue:
                 rows += conn.execute(_claim_statement(limit - len(rows), scope),
                                      {"worker": worker, "lease": float(lease_seconds),
                                       "token": token}).all()
-        claimed = [Claimed(**row._mapping) for row in rows]
+        claimed = [Claimed(**{**row._mapping,
+                              "max_attempts": self.max_attempts_of(row.max_attempts)})
+                   for row in rows]
         claimed.sort(key=lambda c: (-c.priority, c.id))
         return claimed
 
@@ -927,9 +936,10 @@ class Queue:
                 text = (f"{who} stopped while sending; the request may or may not have been "
                         "delivered. Check with the recipient, then "
                         f"'sqlbridge retry {r.id}' to send it again")
-            elif r.attempts >= r.max_attempts:
+            elif r.attempts >= self.max_attempts_of(r.max_attempts):
                 status = "failed"
-                text = f"{who} stopped during the last of {r.max_attempts} attempts"
+                text = (f"{who} stopped during the last of "
+                        f"{self.max_attempts_of(r.max_attempts)} attempts")
             else:
                 status = "queued"
                 text = f"{who} stopped; the request was queued again"

@@ -65,7 +65,9 @@ outbox = Table(
     Column("priority", Integer, nullable=False, server_default=text("0")),
     Column("status", Unicode(20), nullable=False, server_default=text("'queued'")),
     Column("attempts", Integer, nullable=False, server_default=text("0")),
-    Column("max_attempts", Integer, nullable=False, server_default=text("5")),
+    # NULL: "the worker's setting" ([worker] max_attempts), read by the worker when it claims
+    # and recovers the row, so a plain INSERT, a procedure and Python all mean the same thing.
+    Column("max_attempts", Integer, nullable=True),
     _now("available_at"),
     Column("locked_by", Unicode(200), nullable=True),
     Column("locked_until", Timestamp, nullable=True),

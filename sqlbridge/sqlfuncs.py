@@ -49,8 +49,12 @@ def _utcnow_default(element: utcnow, compiler: Any, **kw: Any) -> str:
     args = list(element.clauses)
     if not args:
         return "SYSUTCDATETIME()"
-    offset = compiler.process(args[0], **kw)
-    return f"DATEADD(millisecond, CAST(({offset}) * 1000 AS INT), SYSUTCDATETIME())"
+    # Whole seconds, then the milliseconds left: DATEADD's number is an INT, so milliseconds
+    # alone overflow past 24.8 days (error 8115, e.g. purge --older-than 30d) while seconds
+    # reach 68 years. FLOOR keeps the remainder in [0, 1) for negative offsets too.
+    x = f"CAST(({compiler.process(args[0], **kw)}) AS FLOAT)"
+    return (f"DATEADD(millisecond, CAST(ROUND(({x} - FLOOR({x})) * 1000, 0) AS INT), "
+            f"DATEADD(second, CAST(FLOOR({x}) AS INT), SYSUTCDATETIME()))")
 
 
 class IndexedBy(Alias):

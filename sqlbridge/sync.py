@@ -33,7 +33,19 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, or_, select, true, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    case,
+    func,
+    insert,
+    or_,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.dialects import mssql
 
 from . import registry
@@ -210,7 +222,10 @@ def list_schedules(engine: Engine) -> list[dict[str, Any]]:
     (children finish long after the run was started)."""
     out = []
     with engine.connect() as conn:
-        for row in conn.execute(select(sync_schedule).order_by(sync_schedule.c.name)):
+        # .all() first: FreeTDS, and Microsoft's driver without MARS, refuse a second query
+        # while the first one's rows are still being read.
+        rows = conn.execute(select(sync_schedule).order_by(sync_schedule.c.name)).all()
+        for row in rows:
             item = dict(row._mapping)
             item["params"] = json.loads(item["params"] or "{}")
             item["last_run"] = _run_state(conn, row.id, row.last_request_id)
@@ -306,12 +321,25 @@ def _claim_statement() -> Any:
 def _run_state(conn: Connection, schedule_id: int, root_id: int | None) -> dict[str, int]:
     """Requests of the run that started with ``root_id``, by status. Every request of a run has
     the schedule's id and an id above its root; runs never overlap, so that is exactly the run."""
+    return _run_snapshot(conn, schedule_id, root_id)[0]
+
+
+def _run_snapshot(conn: Connection, schedule_id: int,
+                  root_id: int | None) -> tuple[dict[str, int], str | None]:
+    """The run's requests by status and its root's status, from ONE statement.
+
+    Two reads raced: the root read "processing", the worker then finished the whole run, the
+    count read "all succeeded", and run_status() concluded "failed" (root not succeeded),
+    a final status nobody corrected. One statement sees one state of the table.
+    """
     if root_id is None:
-        return {}
-    rows = conn.execute(select(outbox.c.status, func.count())
+        return {}, None
+    is_root = func.sum(case((outbox.c.id == root_id, 1), else_=0))
+    rows = conn.execute(select(outbox.c.status, func.count(), is_root)
                         .where(outbox.c.schedule_id == schedule_id, outbox.c.id >= root_id)
                         .group_by(outbox.c.status)).all()
-    return {status: n for status, n in rows}
+    root_status = next((status for status, _, root in rows if root), None)
+    return {status: n for status, n, _ in rows}, root_status
 
 
 def run_status(state: Mapping[str, int], root_status: str | None) -> str:
@@ -388,18 +416,23 @@ def settle(engine: Engine) -> int:
                               .where(s.c.last_status.in_(UNSETTLED),
                                      s.c.last_request_id.is_not(None))).all()
         for sid, root, old in active:
-            root_status = conn.execute(select(outbox.c.status)
-                                       .where(outbox.c.id == root)).scalar()
-            new = run_status(_run_state(conn, sid, root), root_status)
+            state, root_status = _run_snapshot(conn, sid, root)
+            new = run_status(state, root_status)
             if new != old:
-                changes.append({"b_sid": sid, "b_root": root, "b_status": new})
+                changes.append({"b_sid": sid, "b_root": root, "b_old": old, "b_status": new})
+    changed = 0
     if changes:
         with engine.begin() as conn:
-            # Guarded by the root: a run started meanwhile keeps its own status.
-            conn.execute(update(s).where(s.c.id == bindparam("b_sid"),
-                                         s.c.last_request_id == bindparam("b_root"))
-                         .values(last_status=bindparam("b_status")), changes)
-    return len(changes)
+            # Guarded by the root (a run started meanwhile keeps its own status) and by the
+            # status this settle read (compare-and-set): another worker's settle that read a
+            # later state and wrote first is never overwritten with an older conclusion.
+            for change in changes:
+                changed += conn.execute(
+                    update(s).where(s.c.id == change["b_sid"],
+                                    s.c.last_request_id == change["b_root"],
+                                    s.c.last_status == change["b_old"])
+                    .values(last_status=change["b_status"])).rowcount
+    return changed
 
 
 # -- fan-out -----------------------------------------------------------------------------------

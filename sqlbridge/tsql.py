@@ -96,7 +96,6 @@ def schema_script() -> str:
            "-- install refuses to run if this file changes after it was applied.\n"
            "-- outbox.provider has no default (a DEFAULT cannot read another column): rows that\n"
            "-- callers INSERT directly keep it NULL and the worker derives it from the operation.\n",
-           "SET NOCOUNT ON;", GO,
            f"IF SCHEMA_ID(N'{SCHEMA}') IS NULL EXEC (N'CREATE SCHEMA {SCHEMA}');", GO]
     out += _tables_ddl(FIRST_SCRIPT)
     return "\n".join(out) + "\n"
@@ -221,11 +220,35 @@ def _checks(op: Operation, p: Param) -> list[str]:
         lines.append(f"IF {bad} BEGIN SET @msg = {_message_sql(code, got=v, operation=op.name, param=p.name)}; "  # noqa: E501
                      f"THROW {ERROR_NUMBERS[number_code]}, @msg, 1; END")
     if p.type == "date":
-        lines.append(f"IF {v} NOT LIKE N'[0-9][0-9]/[0-9][0-9]/[0-9][0-9][0-9][0-9]' "
-                     f"OR TRY_CONVERT(date, {v}, 103) IS NULL "
+        # NULL is "not given" (the parameter is optional when it gets here); CASE turns the
+        # UNKNOWN of a malformed value into "not valid", so nothing slips through as NULL.
+        lines.append(f"IF {v} IS NOT NULL AND CASE WHEN {date_is_valid(v)} THEN 1 ELSE 0 END = 0 "
                      + _throw("INVALID_DATE", _message_sql("INVALID_DATE", got=v,
                                                            operation=op.name, param=p.name)))
     return lines
+
+
+def date_is_valid(v: str) -> str:
+    """T-SQL that is TRUE when ``v`` is a real day written dd/MM/yyyy (year 1 or later), as
+    registry's ``strptime(value, "%d/%m/%Y")`` decides. Plain arithmetic on the digits: no
+    conversion style, no DATEFORMAT or language setting (Babelfish ignores style 103)."""
+    d, m, y = (f"TRY_CAST(SUBSTRING({v}, {start}, {n}) AS INT)"
+               for start, n in ((1, 2), (4, 2), (7, 4)))
+    leap = f"(({y} % 4 = 0 AND {y} % 100 <> 0) OR {y} % 400 = 0)"
+    # Days in a month other than February: 31 for 1,3,5,7,8,10,12, else 30.
+    days = (f"CASE WHEN {m} = 2 THEN CASE WHEN {leap} THEN 29 ELSE 28 END "
+            f"ELSE 30 + ({m} + {m} / 8) % 2 END")
+    return (f"LEN({v}) = 10 AND {v} LIKE N'[0-9][0-9]/[0-9][0-9]/[0-9][0-9][0-9][0-9]' "
+            f"AND {y} >= 1 AND {m} BETWEEN 1 AND 12 AND {d} BETWEEN 1 AND {days}")
+
+
+def json_pair(name: str, v: str) -> str:
+    """T-SQL for the JSON text ``"name":"<v as a JSON string>"``, escaped by the engine's own
+    FOR JSON. Not STRING_ESCAPE: Babelfish's escapes each UTF-8 byte of a non-ASCII character
+    (``Olá`` became ``OlÃ¡``). FOR JSON omits a NULL value, so callers test for NULL first."""
+    inner = f"(SELECT {v} AS [{name}] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)"
+    # '{"name":"..."}' without its braces.
+    return f"SUBSTRING({inner}, 2, LEN({inner}) - 2)"
 
 
 def _json_member(p: Param) -> str:
@@ -234,10 +257,10 @@ def _json_member(p: Param) -> str:
     if p.type == "int" or p.type == "object":
         value = f"{key}, {v}"
     elif p.type == "json":
-        value = (f"{key}, CASE WHEN ISJSON({v}) = 1 THEN {v} ELSE "
-                 f"CONCAT(N'\"', STRING_ESCAPE({v}, 'json'), N'\"') END")
+        return (f"CASE WHEN ISJSON({v}) = 1 THEN CONCAT({key}, {v}) WHEN {v} IS NOT NULL "
+                f"THEN CONCAT(N',', {json_pair(p.name, v)}) END")
     else:
-        value = f"{key}, N'\"', STRING_ESCAPE({v}, 'json'), N'\"'"
+        value = f"N',', {json_pair(p.name, v)}"
     return f"CASE WHEN {v} IS NOT NULL THEN CONCAT({value}) END"
 
 
@@ -365,15 +388,26 @@ _NOT_ALLOWED = ("' is not allowed; passthrough parameters are plain names, and c
                 "user and password come from the operation and the account")
 
 
+OPERATION_NAME_RULE = ("Operation names are exact: lower case class.method as declared, no "
+                       "blanks (registry.resolve's rule; nothing is lower-cased or trimmed).")
+
+
+def bad_operation_name(v: str) -> str:
+    """T-SQL that is TRUE when ``v`` is not of registry's form ``[a-z][a-z0-9_]*.[a-z][a-z0-9_]*``.
+    A binary collation, so [a-z] means the 26 ASCII letters: under the default case-insensitive
+    collations 'C' and 'é' fall inside that range."""
+    b = f"{v} COLLATE Latin1_General_BIN2"
+    return (f"{v} IS NULL OR {b} NOT LIKE N'[a-z]%.[a-z]%' OR {b} LIKE N'%[^a-z0-9_.]%' "
+            f"OR {b} LIKE N'%.%.%'")
+
+
 def generic_procedures() -> list[str]:
     n = ERROR_NUMBERS
     unknown = _message_sql("UNKNOWN_OPERATION", sql={"operation": _short("@operation")},
                            allowed=_KNOWN_OPERATIONS)
     bad_json = _message_sql("INVALID_PARAMS_JSON", sql={"operation": "@operation"})
-    enqueue = f"""    -- Operation names are lower case class.method; the worker resolves them exactly.
-    SET @operation = LOWER(LTRIM(RTRIM(@operation)));
-    IF @operation IS NULL OR @operation NOT LIKE N'[a-z]%.[a-z]%'
-        OR @operation LIKE N'%[^a-z0-9_.]%' OR @operation LIKE N'%.%.%'
+    enqueue = f"""    -- {OPERATION_NAME_RULE}
+    IF {bad_operation_name("@operation")}
         {_throw("UNKNOWN_OPERATION", unknown)}
     IF @params IS NULL OR LTRIM(RTRIM(@params)) = N'' SET @params = N'{{}}';
     IF ISJSON(@params) = 0 OR LEFT(LTRIM(@params), 1) <> N'{{'
@@ -394,7 +428,7 @@ def generic_procedures() -> list[str]:
         INSERT INTO {SCHEMA}.outbox (request_key, account, provider, operation, params,
             priority, max_attempts, available_at, correlation)
         VALUES (@request_key, COALESCE(@account, N'default'), {_provider_case()},
-            @operation, @params, COALESCE(@priority, 0), COALESCE(@max_attempts, 5),
+            @operation, @params, COALESCE(@priority, 0), @max_attempts,
             COALESCE(@not_before, SYSUTCDATETIME()), @correlation);
         SET @request_id = CAST(SCOPE_IDENTITY() AS BIGINT);
     END;
@@ -406,8 +440,8 @@ def generic_procedures() -> list[str]:
                   f"{lit(chr(39) + ' must be text or a number')})")
     passthrough = f"""    IF NULLIF(LTRIM(RTRIM(@class)), N'') IS NULL OR NULLIF(LTRIM(RTRIM(@method)), N'') IS NULL
         THROW {n["MISSING_COMPULSORY_PARAM"]}, N'afilnet_call: @class and @method are required', 1;
-    DECLARE @operation NVARCHAR(100) = LOWER(CONCAT(LTRIM(RTRIM(@class)), N'.',
-        LTRIM(RTRIM(@method))));
+    -- Exact names, like every entry point: sqlbridge.enqueue refuses 'SMS.SendSMS'.
+    DECLARE @operation NVARCHAR(100) = CONCAT(@class, N'.', @method);
     IF @params IS NULL OR LTRIM(RTRIM(@params)) = N'' SET @params = N'{{}}';
     IF ISJSON(@params) = 0 OR LEFT(LTRIM(@params), 1) <> N'{{'
         {_throw("INVALID_PARAMS_JSON", bad_json)}
@@ -473,7 +507,8 @@ def generic_procedures() -> list[str]:
         THROW {n["INVALID_ARGUMENT"]}, N'schedule_sync: @interval_seconds must be a whole number greater than 0', 1;
     IF @max_children IS NULL OR @max_children < 0
         THROW {n["INVALID_ARGUMENT"]}, N'schedule_sync: @max_children must be 0 or more', 1;
-    SET @operation = LOWER(LTRIM(RTRIM(@operation)));
+    IF {bad_operation_name("@operation")}
+        THROW {n["UNKNOWN_OPERATION"]}, N'schedule_sync: @operation must be a lower case class.method (e.g. chat.getchats) or sync.chats', 1;
     IF @params IS NULL OR LTRIM(RTRIM(@params)) = N'' SET @params = N'{{}}';
     IF ISJSON(@params) = 0 OR LEFT(LTRIM(@params), 1) <> N'{{'
         THROW {n["INVALID_PARAMS_JSON"]}, N'schedule_sync: @params must be a JSON object', 1;
@@ -725,6 +760,45 @@ WORKER_GRANTS = {
 }
 
 
+def create_roles() -> str:
+    """The roles, created when missing (100_roles.sql, and the Babelfish engine script, which
+    runs before it and grants to them)."""
+    return "\n".join(f"-- {role}: {what}\nIF DATABASE_PRINCIPAL_ID(N'{role}') IS NULL "
+                     f"EXEC (N'CREATE ROLE {role}');" for role, what in ROLES.items())
+
+
+# Babelfish has no ownership chaining for procedures (views only; AWS "Babelfish features with
+# limited implementation"), and no EXECUTE AS OWNER/SELF/'user' clause: a caller's procedure
+# runs with the caller's own table permissions. These are the least that let each role's
+# procedures run there: exactly the statements those procedures make, column by column where
+# the statement updates. Applied on Babelfish only (engine/babelfish.sql).
+_CANCEL_COLUMNS = "status, finished_at, error_code, error_message"
+_RETRY_COLUMNS = ("status, attempts, available_at, finished_at, error_code, error_message, "
+                  "http_status")
+BABELFISH_GRANTS: dict[str, list[tuple[str, str]]] = {
+    role: [
+        # enqueue: the request_key look-up and the insert; wait_for and cancel read the row.
+        ("SELECT, INSERT", "outbox"),
+        (f"UPDATE ({_CANCEL_COLUMNS})", "outbox"),  # cancel
+        ("UPDATE (taken_at, taken_by)", "chat_message"),  # take_messages
+        ("EXECUTE", "sleep_ms"),  # wait_for
+    ] + ([(f"UPDATE ({_RETRY_COLUMNS})", "outbox"),  # retry
+          ("SELECT, INSERT, UPDATE, DELETE", "sync_schedule")]  # schedule_sync, unschedule_sync
+         if role == OPERATOR else [])
+    for role in (CALLER, OPERATOR)
+}
+
+
+def babelfish_grants() -> str:
+    out = ["-- No ownership chaining for procedures on Babelfish: the tables each role's",
+           "-- procedures touch, granted to the role itself (see docs/sqlserver.md, Babelfish).",
+           create_roles(), GO]
+    out += [f"GRANT {perms} ON {SCHEMA}.{obj} TO {role};"
+            for role, grants in BABELFISH_GRANTS.items() for perms, obj in grants]
+    out.append(GO)
+    return "\n".join(out) + "\n"
+
+
 def roles_script() -> str:
     out = [HEADER, "-- Repeatable. Database roles only; nothing here is server-level. Callers "
            "reach the tables\n-- through the procedures (ownership chaining), so they get "
@@ -734,9 +808,7 @@ def roles_script() -> str:
            "--   CREATE LOGIN app_login WITH PASSWORD = N'...';\n"
            "--   CREATE USER app_user FOR LOGIN app_login;\n"
            f"--   ALTER ROLE {CALLER} ADD MEMBER app_user;\n"]
-    for role, what in ROLES.items():
-        out.append(f"-- {role}: {what}\nIF DATABASE_PRINCIPAL_ID(N'{role}') IS NULL "
-                   f"EXEC (N'CREATE ROLE {role}');")
+    out.append(create_roles())
     out.append(GO)
     out.append("-- Callers read what the worker fetched.")
     out += [f"GRANT SELECT ON {SCHEMA}.{t.name} TO {role};"
@@ -772,7 +844,8 @@ ENGINE_SCRIPTS = {
 }
 ENGINE_HEADER = ("-- Engine-specific: install applies engine/babelfish.sql when "
                  "SERVERPROPERTY('BabelfishVersion')\n-- is set, engine/sqlserver.sql otherwise. "
-                 "Only sqlbridge.sleep_ms lives here.\n")
+                 "sqlbridge.sleep_ms lives here, and on Babelfish\n-- the table grants its "
+                 "missing ownership chaining needs.\n")
 
 
 def scripts() -> dict[str, str]:
@@ -782,7 +855,8 @@ def scripts() -> dict[str, str]:
         "001_schema.sql": schema_script(),
         **added_table_scripts(),
         "engine/sqlserver.sql": HEADER + ENGINE_HEADER + ENGINE_SCRIPTS["sqlserver"],
-        "engine/babelfish.sql": HEADER + ENGINE_HEADER + ENGINE_SCRIPTS["babelfish"],
+        "engine/babelfish.sql": (HEADER + ENGINE_HEADER + ENGINE_SCRIPTS["babelfish"]
+                                 + babelfish_grants()),
         "100_roles.sql": roles_script(),
         "110_procedures.sql": procedures_script(),
         "120_views.sql": views_script(),

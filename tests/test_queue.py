@@ -189,8 +189,26 @@ def test_a_plain_insert_needs_only_operation_and_params(queue: Queue) -> None:
         conn.execute(insert(outbox).values(operation="chat.getchats",
                                            params='{"platform": "telegram", "platformid": 200}'))
     (c,) = queue.claim("w", 5, 30)
-    assert (c.account, c.operation, c.attempts, c.max_attempts) == ("default", "chat.getchats",
-                                                                     1, 5)
+    # No max_attempts given: the worker's setting, as for Python's enqueue and the procedures.
+    assert (c.account, c.operation, c.attempts, c.max_attempts) == (
+        "default", "chat.getchats", 1, queue.settings.worker.max_attempts)
+
+
+def test_max_attempts_means_the_same_from_every_entry_point(queue: Queue) -> None:
+    """NULL is "the worker's setting", read when the row is claimed: a plain INSERT and
+    Python's enqueue agree, whatever the setting is when the worker runs; an explicit value
+    stays the row's own."""
+    import dataclasses
+    default = queue.enqueue("chat.getchatchannels", {}).id
+    own = queue.enqueue("chat.getchatchannels", {}, max_attempts=2).id
+    with queue.engine.begin() as conn:
+        conn.execute(insert(outbox).values(operation="chat.getchatchannels", params="{}"))
+        stored = dict(conn.execute(select(outbox.c.id, outbox.c.max_attempts)).all())
+    assert stored[default] is None and stored[own] == 2 and list(stored.values()).count(None) == 2
+    later = Queue(queue.engine, dataclasses.replace(
+        queue.settings, worker=dataclasses.replace(queue.settings.worker, max_attempts=9)))
+    limits = {c.id: c.max_attempts for c in later.claim("w", 10, 30)}
+    assert limits == {i: (2 if i == own else 9) for i in stored}
 
 
 @pytest.mark.sqlite_only

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy.dialects import mssql
 
 from sqlbridge import install, registry, tsql
@@ -449,13 +451,17 @@ def test_take_messages_marks_and_returns_in_one_statement() -> None:
 
 # -- roles -------------------------------------------------------------------------------------
 
-def grants() -> dict[str, set[tuple[str, str]]]:
+def grants(babelfish: bool = False) -> dict[str, set[tuple[str, str]]]:
+    """What each role is granted by the scripts install applies on one engine. Column lists
+    stay on their permission: ('UPDATE (a, b)', 'outbox')."""
     out: dict[str, set[tuple[str, str]]] = {}
-    for path in FILES:
-        for perms, obj, role in re.findall(r"^GRANT ([A-Z, ]+) ON sqlbridge\.(\w+) TO (\w+);",
-                                           path.read_text(encoding="utf-8"), re.M):
-            for perm in perms.split(","):
-                out.setdefault(role, set()).add((perm.strip(), obj))
+    for name in install.ordered_scripts(babelfish):
+        text = (SQL / name).read_text(encoding="utf-8")
+        for perms, obj, role in re.findall(
+                r"^GRANT ((?:[A-Z]+(?: \([a-z_, ]+\))?(?:, )?)+) ON sqlbridge\.(\w+) TO (\w+);",
+                text, re.M):
+            for perm in re.findall(r"[A-Z]+(?: \([a-z_, ]+\))?", perms):
+                out.setdefault(role, set()).add((perm, obj))
     return out
 
 
@@ -477,6 +483,17 @@ def test_roles_grant_exactly_what_the_contract_says() -> None:
     assert ("UPDATE", "outbox") in worker and ("INSERT", "chat_message") in worker
     assert ("UPDATE", "outbox") not in g[tsql.CALLER]
     assert not any(obj == "sleep_ms" for role in g.values() for _, obj in role)
+    # Babelfish: the same, plus exactly the table rights its missing ownership chaining needs.
+    extra = {role: {(perm, obj) for perms, obj in rights
+                    for perm in re.findall(r"[A-Z]+(?: \([a-z_, ]+\))?", perms)}
+             for role, rights in tsql.BABELFISH_GRANTS.items()}
+    bf = grants(babelfish=True)
+    assert bf[tsql.CALLER] == g[tsql.CALLER] | extra[tsql.CALLER]
+    assert bf[tsql.OPERATOR] == g[tsql.OPERATOR] | extra[tsql.OPERATOR]
+    assert bf[tsql.WORKER] == g[tsql.WORKER]
+    # Never DELETE on the outbox, never a whole-row UPDATE of it, for callers on any engine.
+    for perm, obj in bf[tsql.CALLER] | bf[tsql.OPERATOR]:
+        assert not (obj == "outbox" and perm in ("DELETE", "UPDATE")), (perm, obj)
     roles = (SQL / "100_roles.sql").read_text(encoding="utf-8")
     for role in g:
         assert (f"IF DATABASE_PRINCIPAL_ID(N'{role}') IS NULL EXEC (N'CREATE ROLE {role}');"
@@ -490,3 +507,148 @@ def test_the_sql_server_doc_lists_every_error_number_and_seed_replacement() -> N
     assert rows == registry.ERROR_NUMBERS
     for op in registry.operations_for("afilnet"):
         assert f"EXEC sqlbridge.{op.procedure} " in doc, op.name
+
+
+# -- rules the procedures share with Python, evaluated without a server ---------------------------
+
+def as_sqlite(tsql_condition: str, variable: str) -> str:
+    """A T-SQL condition from the generator as SQLite can evaluate it: GLOB for LIKE with
+    character classes (case-sensitive, like the binary collation), CAST for TRY_CAST (the
+    patterns already admit digits only), length for LEN, :v for the variable."""
+    out = tsql_condition.replace(" COLLATE Latin1_General_BIN2", "")
+    out = re.sub(r"NOT LIKE N'([^']*)'", lambda m: "NOT GLOB '" + m.group(1).replace("%", "*")
+                 + "'", out)
+    out = re.sub(r"LIKE N'([^']*)'", lambda m: "GLOB '" + m.group(1).replace("%", "*") + "'",
+                 out)
+    out = out.replace("TRY_CAST(", "CAST(").replace("LEN(", "length(")
+    return out.replace(variable, ":v")
+
+
+@pytest.fixture(scope="module")
+def sqlite_eval() -> Any:
+    import sqlite3
+    db = sqlite3.connect(":memory:")
+
+    def run(condition: str, value: str | None) -> bool:
+        return bool(db.execute(f"SELECT CASE WHEN {condition} THEN 1 ELSE 0 END",
+                               {"v": value}).fetchone()[0])
+    yield run
+    db.close()
+
+
+def registry_accepts_date(value: str) -> bool:
+    try:
+        registry.validate("messenger.requests", {"userId": "1", "dataIni": value})
+    except ValidationError:
+        return False
+    return True
+
+
+def test_dates_are_checked_by_arithmetic_exactly_as_python_does(sqlite_eval: Any) -> None:
+    """Every day of 1899-2101 and every impossible one around it: the procedures' dd/MM/yyyy
+    check (no conversion style, which Babelfish ignores) agrees with registry.validate."""
+    from datetime import date, timedelta
+    valid = tsql.date_is_valid("@d")
+    assert "TRY_CONVERT" not in valid and "103" not in valid
+    cond = as_sqlite(valid, "@d")
+    day = date(1899, 1, 1)
+    while day.year < 2102:
+        text = day.strftime("%d/%m/%Y")
+        assert sqlite_eval(cond, text), text
+        day += timedelta(days=1)
+    for text in ("29/02/1900", "29/02/2100", "31/04/2024", "00/01/2024", "01/00/2024",
+                 "01/13/2024", "32/01/2024", "01/01/0000", "1/01/2024", "01/01/24",
+                 "01-01-2024", "01/01/2024x", "aa/bb/cccc", "01/01/-024"):
+        assert sqlite_eval(cond, text) == registry_accepts_date(text) is False, text
+    assert sqlite_eval(cond, "29/02/2000") and sqlite_eval(cond, "29/02/2024")
+
+
+@given(st.from_regex(r"\A[0-9]{2}/[0-9]{2}/[0-9]{4}\Z") | st.text(max_size=12))
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_any_date_text_is_judged_alike(sqlite_eval: Any, text: str) -> None:
+    if "\x00" in text:
+        return
+    # The registry strips blanks first and the procedure trims them first: compare the same.
+    text = text.strip()
+    if not text:
+        return
+    assert sqlite_eval(as_sqlite(tsql.date_is_valid("@d"), "@d"), text) == \
+        registry_accepts_date(text), text
+
+
+def test_an_omitted_optional_date_is_not_refused() -> None:
+    """@dataIni / @dataFim left NULL are "not given": the check only runs on a value."""
+    for op in registry.OPERATIONS.values():
+        for p in op.params:
+            if p.type != "date":
+                continue
+            checks = [line for line in procedure_body(op.procedure).splitlines()
+                      if f"THROW {registry.ERROR_NUMBERS['INVALID_DATE']}" in line]
+            assert any(line.strip().startswith(f"IF {p.sql_name} IS NOT NULL AND CASE WHEN")
+                       for line in checks), (op.name, p.name)
+            assert not p.required  # so a NULL really reaches the procedure
+
+
+def test_operation_names_follow_one_rule_in_python_and_t_sql(sqlite_eval: Any) -> None:
+    cond = as_sqlite(tsql.bad_operation_name("@operation"), "@operation")
+    for name in ("chat.getchats", "sms.sendsms", "sync.chats", "a_1.b2"):
+        assert not sqlite_eval(cond, name), name
+    for name in ("Chat.GetChats", "chat.getchats ", " chat.getchats", "chat", "chat.",
+                 ".x", "a.b.c", "1a.b", "a.1b", "chát.x", "a-b.c", "", None):
+        assert sqlite_eval(cond, name), name
+    # Nothing is lower-cased or trimmed on the way in any more.
+    code = code_only((SQL / "110_procedures.sql").read_text(encoding="utf-8"))
+    assert "LOWER(LTRIM(RTRIM(@operation)))" not in code
+    assert not re.search(r"SET @operation = LOWER", code)
+
+
+@given(st.text(alphabet=st.sampled_from("abcXYZé_.-1 "), max_size=8))
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_any_operation_name_is_judged_alike(sqlite_eval: Any, name: str) -> None:
+    python_refuses = registry._PASSTHROUGH_NAME.match(name) is None
+    assert sqlite_eval(as_sqlite(tsql.bad_operation_name("@operation"), "@operation"),
+                       name) == python_refuses, name
+
+
+def test_params_json_is_built_without_string_escape() -> None:
+    """Babelfish's STRING_ESCAPE mangles non-ASCII; the procedures use FOR JSON instead."""
+    for path in FILES:
+        assert "STRING_ESCAPE" not in code_only(path.read_text(encoding="utf-8")).upper(), path
+    body = procedure_body("afilnet_chat_sendmessage")
+    assert "(SELECT @message AS [message] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)" in body
+
+
+def test_max_attempts_is_null_unless_given_on_every_entry_point() -> None:
+    from sqlbridge.schema import outbox
+    column = outbox.c.max_attempts
+    assert column.nullable and column.server_default is None
+    enqueue = procedure_body("enqueue")
+    assert "COALESCE(@max_attempts" not in enqueue and "@max_attempts," in enqueue
+    assert "max_attempts INTEGER NULL," in (SQL / "001_schema.sql").read_text(encoding="utf-8")
+
+
+def test_install_leaves_no_session_setting_behind() -> None:
+    """Outside procedure bodies (where SET lasts only for the call), no batch install runs
+    changes the session: a pooled connection must not come back with NOCOUNT ON."""
+    for babelfish in (False, True):
+        for name in install.ordered_scripts(babelfish):
+            for batch in install.batches(install.read(name)):
+                if re.match(r"ALTER PROCEDURE", batch):
+                    continue
+                assert not re.search(r"^\s*SET\s+(?!@)", code_only(batch), re.M | re.I), \
+                    (name, batch[:80])
+
+
+def test_time_offsets_of_years_compile_to_seconds(tmp_path: Path) -> None:
+    """DATEADD(millisecond, INT) overflows past 24.8 days (purge --older-than 30d)."""
+    from sqlalchemy import select
+
+    from sqlbridge.sqlfuncs import utcnow
+    for seconds in (0.25, -30 * 86400.0, 5 * 365 * 86400.0, -0.5):
+        sql = str(select(utcnow(seconds)).compile(dialect=mssql.dialect(),
+                                                  compile_kwargs={"literal_binds": True}))
+        assert "DATEADD(second, CAST(FLOOR(" in sql and "* 1000 AS INT), SYSUTCDATETIME())" \
+            not in sql
+        assert parse_errors(sql + ";", tmp_path) == ""

@@ -24,10 +24,8 @@ BEGIN
     SET NOCOUNT ON;
     SET XACT_ABORT ON;
     DECLARE @msg NVARCHAR(2048);
-    -- Operation names are lower case class.method; the worker resolves them exactly.
-    SET @operation = LOWER(LTRIM(RTRIM(@operation)));
-    IF @operation IS NULL OR @operation NOT LIKE N'[a-z]%.[a-z]%'
-        OR @operation LIKE N'%[^a-z0-9_.]%' OR @operation LIKE N'%.%.%'
+    -- Operation names are exact: lower case class.method as declared, no blanks (registry.resolve's rule; nothing is lower-cased or trimmed).
+    IF @operation IS NULL OR @operation COLLATE Latin1_General_BIN2 NOT LIKE N'[a-z]%.[a-z]%' OR @operation COLLATE Latin1_General_BIN2 LIKE N'%[^a-z0-9_.]%' OR @operation COLLATE Latin1_General_BIN2 LIKE N'%.%.%'
         BEGIN SET @msg = CONCAT(N'unknown operation ''', CASE WHEN LEN(@operation) > 100 THEN LEFT(@operation, 97) + N'...' ELSE @operation END, N'''; known operations: chat.getchatchannels, chat.getchats, chat.getmessages, chat.getunreadmessages, chat.sendfile, chat.sendmessage, http.request, messenger.alertcounter, messenger.link, messenger.requests, messenger.structure, user.inactivate, user.userhash, user.userhashforced, or any Afilnet class.method'); THROW 51000, @msg, 1; END
     IF @params IS NULL OR LTRIM(RTRIM(@params)) = N'' SET @params = N'{}';
     IF ISJSON(@params) = 0 OR LEFT(LTRIM(@params), 1) <> N'{'
@@ -48,7 +46,7 @@ BEGIN
         INSERT INTO sqlbridge.outbox (request_key, account, provider, operation, params,
             priority, max_attempts, available_at, correlation)
         VALUES (@request_key, COALESCE(@account, N'default'), CASE @operation WHEN N'chat.getchatchannels' THEN N'afilnet' WHEN N'chat.sendmessage' THEN N'afilnet' WHEN N'chat.sendfile' THEN N'afilnet' WHEN N'chat.getchats' THEN N'afilnet' WHEN N'chat.getmessages' THEN N'afilnet' WHEN N'chat.getunreadmessages' THEN N'afilnet' WHEN N'user.userhash' THEN N'anna' WHEN N'user.userhashforced' THEN N'anna' WHEN N'user.inactivate' THEN N'anna' WHEN N'messenger.structure' THEN N'anna' WHEN N'messenger.alertcounter' THEN N'anna' WHEN N'messenger.requests' THEN N'anna' WHEN N'messenger.link' THEN N'anna' WHEN N'http.request' THEN N'http' ELSE N'afilnet' END,
-            @operation, @params, COALESCE(@priority, 0), COALESCE(@max_attempts, 5),
+            @operation, @params, COALESCE(@priority, 0), @max_attempts,
             COALESCE(@not_before, SYSUTCDATETIME()), @correlation);
         SET @request_id = CAST(SCOPE_IDENTITY() AS BIGINT);
     END;
@@ -81,8 +79,8 @@ BEGIN
     DECLARE @msg NVARCHAR(2048);
     IF NULLIF(LTRIM(RTRIM(@class)), N'') IS NULL OR NULLIF(LTRIM(RTRIM(@method)), N'') IS NULL
         THROW 51001, N'afilnet_call: @class and @method are required', 1;
-    DECLARE @operation NVARCHAR(100) = LOWER(CONCAT(LTRIM(RTRIM(@class)), N'.',
-        LTRIM(RTRIM(@method))));
+    -- Exact names, like every entry point: sqlbridge.enqueue refuses 'SMS.SendSMS'.
+    DECLARE @operation NVARCHAR(100) = CONCAT(@class, N'.', @method);
     IF @params IS NULL OR LTRIM(RTRIM(@params)) = N'' SET @params = N'{}';
     IF ISJSON(@params) = 0 OR LEFT(LTRIM(@params), 1) <> N'{'
         BEGIN SET @msg = CONCAT(@operation, N': params must be a JSON object'); THROW 51011, @msg, 1; END
@@ -220,7 +218,8 @@ BEGIN
         THROW 51012, N'schedule_sync: @interval_seconds must be a whole number greater than 0', 1;
     IF @max_children IS NULL OR @max_children < 0
         THROW 51012, N'schedule_sync: @max_children must be 0 or more', 1;
-    SET @operation = LOWER(LTRIM(RTRIM(@operation)));
+    IF @operation IS NULL OR @operation COLLATE Latin1_General_BIN2 NOT LIKE N'[a-z]%.[a-z]%' OR @operation COLLATE Latin1_General_BIN2 LIKE N'%[^a-z0-9_.]%' OR @operation COLLATE Latin1_General_BIN2 LIKE N'%.%.%'
+        THROW 51000, N'schedule_sync: @operation must be a lower case class.method (e.g. chat.getchats) or sync.chats', 1;
     IF @params IS NULL OR LTRIM(RTRIM(@params)) = N'' SET @params = N'{}';
     IF ISJSON(@params) = 0 OR LEFT(LTRIM(@params), 1) <> N'{'
         THROW 51011, N'schedule_sync: @params must be a JSON object', 1;
@@ -533,10 +532,10 @@ BEGIN
     IF LTRIM(RTRIM(@message)) = N'' SET @message = NULL;
     IF @message IS NULL BEGIN SET @msg = N'chat.sendmessage: parameter ''message'' is required'; THROW 51001, @msg, 1; END
     DECLARE @params NVARCHAR(MAX) = CONCAT(CAST(N'{' AS NVARCHAR(MAX)), STUFF(CONCAT(CAST(N'' AS NVARCHAR(MAX)),
-            CASE WHEN @platform IS NOT NULL THEN CONCAT(N',"platform":', N'"', STRING_ESCAPE(@platform, 'json'), N'"') END,
-            CASE WHEN @platformid IS NOT NULL THEN CONCAT(N',"platformid":', N'"', STRING_ESCAPE(@platformid, 'json'), N'"') END,
-            CASE WHEN @destination IS NOT NULL THEN CONCAT(N',"destination":', N'"', STRING_ESCAPE(@destination, 'json'), N'"') END,
-            CASE WHEN @message IS NOT NULL THEN CONCAT(N',"message":', N'"', STRING_ESCAPE(@message, 'json'), N'"') END), 1, 1, N''), N'}');
+            CASE WHEN @platform IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT @platform AS [platform] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT @platform AS [platform] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
+            CASE WHEN @platformid IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT @platformid AS [platformid] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT @platformid AS [platformid] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
+            CASE WHEN @destination IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT @destination AS [destination] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT @destination AS [destination] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
+            CASE WHEN @message IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT @message AS [message] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT @message AS [message] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END), 1, 1, N''), N'}');
     EXEC sqlbridge.enqueue @operation = N'chat.sendmessage', @params = @params,
     @account = @account, @priority = @priority, @request_key = @request_key,
     @correlation = @correlation, @not_before = @not_before,
@@ -597,13 +596,13 @@ BEGIN
     IF NOT (@thumburl LIKE N'http://%' OR @thumburl LIKE N'https://%') OR @thumburl LIKE N'http://[/:?#]%' OR @thumburl LIKE N'https://[/:?#]%' OR @thumburl IN (N'http://', N'https://') OR CHARINDEX(N' ', @thumburl) > 0 BEGIN SET @msg = CONCAT(N'chat.sendfile: parameter ''thumburl'' must be an http:// or https:// URL; got ''', CASE WHEN LEN(@thumburl) > 100 THEN LEFT(@thumburl, 97) + N'...' ELSE @thumburl END, N''''); THROW 51005, @msg, 1; END
     IF LTRIM(RTRIM(@message)) = N'' SET @message = NULL;
     DECLARE @params NVARCHAR(MAX) = CONCAT(CAST(N'{' AS NVARCHAR(MAX)), STUFF(CONCAT(CAST(N'' AS NVARCHAR(MAX)),
-            CASE WHEN @platform IS NOT NULL THEN CONCAT(N',"platform":', N'"', STRING_ESCAPE(@platform, 'json'), N'"') END,
-            CASE WHEN @platformid IS NOT NULL THEN CONCAT(N',"platformid":', N'"', STRING_ESCAPE(@platformid, 'json'), N'"') END,
-            CASE WHEN @destination IS NOT NULL THEN CONCAT(N',"destination":', N'"', STRING_ESCAPE(@destination, 'json'), N'"') END,
-            CASE WHEN @type IS NOT NULL THEN CONCAT(N',"type":', N'"', STRING_ESCAPE(@type, 'json'), N'"') END,
-            CASE WHEN @fileurl IS NOT NULL THEN CONCAT(N',"fileurl":', N'"', STRING_ESCAPE(@fileurl, 'json'), N'"') END,
-            CASE WHEN @thumburl IS NOT NULL THEN CONCAT(N',"thumburl":', N'"', STRING_ESCAPE(@thumburl, 'json'), N'"') END,
-            CASE WHEN @message IS NOT NULL THEN CONCAT(N',"message":', N'"', STRING_ESCAPE(@message, 'json'), N'"') END), 1, 1, N''), N'}');
+            CASE WHEN @platform IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT @platform AS [platform] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT @platform AS [platform] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
+            CASE WHEN @platformid IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT @platformid AS [platformid] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT @platformid AS [platformid] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
+            CASE WHEN @destination IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT @destination AS [destination] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT @destination AS [destination] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
+            CASE WHEN @type IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT @type AS [type] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT @type AS [type] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
+            CASE WHEN @fileurl IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT @fileurl AS [fileurl] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT @fileurl AS [fileurl] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
+            CASE WHEN @thumburl IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT @thumburl AS [thumburl] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT @thumburl AS [thumburl] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
+            CASE WHEN @message IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT @message AS [message] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT @message AS [message] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END), 1, 1, N''), N'}');
     EXEC sqlbridge.enqueue @operation = N'chat.sendfile', @params = @params,
     @account = @account, @priority = @priority, @request_key = @request_key,
     @correlation = @correlation, @not_before = @not_before,
@@ -642,8 +641,8 @@ BEGIN
     IF @platformid IS NULL BEGIN SET @msg = N'chat.getchats: parameter ''platformid'' is required'; THROW 51001, @msg, 1; END
     IF LEN(@platformid + N'x') - 1 > 100 BEGIN SET @msg = N'chat.getchats: parameter ''platformid'' is longer than 100 characters'; THROW 51007, @msg, 1; END
     DECLARE @params NVARCHAR(MAX) = CONCAT(CAST(N'{' AS NVARCHAR(MAX)), STUFF(CONCAT(CAST(N'' AS NVARCHAR(MAX)),
-            CASE WHEN @platform IS NOT NULL THEN CONCAT(N',"platform":', N'"', STRING_ESCAPE(@platform, 'json'), N'"') END,
-            CASE WHEN @platformid IS NOT NULL THEN CONCAT(N',"platformid":', N'"', STRING_ESCAPE(@platformid, 'json'), N'"') END), 1, 1, N''), N'}');
+            CASE WHEN @platform IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT @platform AS [platform] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT @platform AS [platform] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
+            CASE WHEN @platformid IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT @platformid AS [platformid] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT @platformid AS [platformid] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END), 1, 1, N''), N'}');
     EXEC sqlbridge.enqueue @operation = N'chat.getchats', @params = @params,
     @account = @account, @priority = @priority, @request_key = @request_key,
     @correlation = @correlation, @not_before = @not_before,
@@ -686,9 +685,9 @@ BEGIN
     IF @destination IS NULL BEGIN SET @msg = N'chat.getmessages: parameter ''destination'' is required'; THROW 51001, @msg, 1; END
     IF LEN(@destination + N'x') - 1 > 100 BEGIN SET @msg = N'chat.getmessages: parameter ''destination'' is longer than 100 characters'; THROW 51007, @msg, 1; END
     DECLARE @params NVARCHAR(MAX) = CONCAT(CAST(N'{' AS NVARCHAR(MAX)), STUFF(CONCAT(CAST(N'' AS NVARCHAR(MAX)),
-            CASE WHEN @platform IS NOT NULL THEN CONCAT(N',"platform":', N'"', STRING_ESCAPE(@platform, 'json'), N'"') END,
-            CASE WHEN @platformid IS NOT NULL THEN CONCAT(N',"platformid":', N'"', STRING_ESCAPE(@platformid, 'json'), N'"') END,
-            CASE WHEN @destination IS NOT NULL THEN CONCAT(N',"destination":', N'"', STRING_ESCAPE(@destination, 'json'), N'"') END), 1, 1, N''), N'}');
+            CASE WHEN @platform IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT @platform AS [platform] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT @platform AS [platform] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
+            CASE WHEN @platformid IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT @platformid AS [platformid] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT @platformid AS [platformid] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
+            CASE WHEN @destination IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT @destination AS [destination] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT @destination AS [destination] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END), 1, 1, N''), N'}');
     EXEC sqlbridge.enqueue @operation = N'chat.getmessages', @params = @params,
     @account = @account, @priority = @priority, @request_key = @request_key,
     @correlation = @correlation, @not_before = @not_before,
@@ -731,9 +730,9 @@ BEGIN
     IF @destination IS NULL BEGIN SET @msg = N'chat.getunreadmessages: parameter ''destination'' is required'; THROW 51001, @msg, 1; END
     IF LEN(@destination + N'x') - 1 > 100 BEGIN SET @msg = N'chat.getunreadmessages: parameter ''destination'' is longer than 100 characters'; THROW 51007, @msg, 1; END
     DECLARE @params NVARCHAR(MAX) = CONCAT(CAST(N'{' AS NVARCHAR(MAX)), STUFF(CONCAT(CAST(N'' AS NVARCHAR(MAX)),
-            CASE WHEN @platform IS NOT NULL THEN CONCAT(N',"platform":', N'"', STRING_ESCAPE(@platform, 'json'), N'"') END,
-            CASE WHEN @platformid IS NOT NULL THEN CONCAT(N',"platformid":', N'"', STRING_ESCAPE(@platformid, 'json'), N'"') END,
-            CASE WHEN @destination IS NOT NULL THEN CONCAT(N',"destination":', N'"', STRING_ESCAPE(@destination, 'json'), N'"') END), 1, 1, N''), N'}');
+            CASE WHEN @platform IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT @platform AS [platform] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT @platform AS [platform] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
+            CASE WHEN @platformid IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT @platformid AS [platformid] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT @platformid AS [platformid] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
+            CASE WHEN @destination IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT @destination AS [destination] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT @destination AS [destination] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END), 1, 1, N''), N'}');
     EXEC sqlbridge.enqueue @operation = N'chat.getunreadmessages', @params = @params,
     @account = @account, @priority = @priority, @request_key = @request_key,
     @correlation = @correlation, @not_before = @not_before,
@@ -769,8 +768,8 @@ BEGIN
     IF LTRIM(RTRIM(@startService)) = N'' SET @startService = NULL;
     IF LEN(@startService + N'x') - 1 > 100 BEGIN SET @msg = N'user.userhash: parameter ''startService'' is longer than 100 characters'; THROW 51007, @msg, 1; END
     DECLARE @params NVARCHAR(MAX) = CONCAT(CAST(N'{' AS NVARCHAR(MAX)), STUFF(CONCAT(CAST(N'' AS NVARCHAR(MAX)),
-            CASE WHEN @userId IS NOT NULL THEN CONCAT(N',"userId":', N'"', STRING_ESCAPE(@userId, 'json'), N'"') END,
-            CASE WHEN @startService IS NOT NULL THEN CONCAT(N',"startService":', N'"', STRING_ESCAPE(@startService, 'json'), N'"') END), 1, 1, N''), N'}');
+            CASE WHEN @userId IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT @userId AS [userId] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT @userId AS [userId] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
+            CASE WHEN @startService IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT @startService AS [startService] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT @startService AS [startService] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END), 1, 1, N''), N'}');
     EXEC sqlbridge.enqueue @operation = N'user.userhash', @params = @params,
     @account = @account, @priority = @priority, @request_key = @request_key,
     @correlation = @correlation, @not_before = @not_before,
@@ -810,9 +809,9 @@ BEGIN
     IF LTRIM(RTRIM(@startService)) = N'' SET @startService = NULL;
     IF LEN(@startService + N'x') - 1 > 100 BEGIN SET @msg = N'user.userhashforced: parameter ''startService'' is longer than 100 characters'; THROW 51007, @msg, 1; END
     DECLARE @params NVARCHAR(MAX) = CONCAT(CAST(N'{' AS NVARCHAR(MAX)), STUFF(CONCAT(CAST(N'' AS NVARCHAR(MAX)),
-            CASE WHEN @userId IS NOT NULL THEN CONCAT(N',"userId":', N'"', STRING_ESCAPE(@userId, 'json'), N'"') END,
-            CASE WHEN @userName IS NOT NULL THEN CONCAT(N',"userName":', N'"', STRING_ESCAPE(@userName, 'json'), N'"') END,
-            CASE WHEN @startService IS NOT NULL THEN CONCAT(N',"startService":', N'"', STRING_ESCAPE(@startService, 'json'), N'"') END), 1, 1, N''), N'}');
+            CASE WHEN @userId IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT @userId AS [userId] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT @userId AS [userId] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
+            CASE WHEN @userName IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT @userName AS [userName] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT @userName AS [userName] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
+            CASE WHEN @startService IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT @startService AS [startService] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT @startService AS [startService] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END), 1, 1, N''), N'}');
     EXEC sqlbridge.enqueue @operation = N'user.userhashforced', @params = @params,
     @account = @account, @priority = @priority, @request_key = @request_key,
     @correlation = @correlation, @not_before = @not_before,
@@ -845,7 +844,7 @@ BEGIN
     IF @userId IS NULL BEGIN SET @msg = N'user.inactivate: parameter ''userId'' is required'; THROW 51001, @msg, 1; END
     IF LEN(@userId + N'x') - 1 > 100 BEGIN SET @msg = N'user.inactivate: parameter ''userId'' is longer than 100 characters'; THROW 51007, @msg, 1; END
     DECLARE @params NVARCHAR(MAX) = CONCAT(CAST(N'{' AS NVARCHAR(MAX)), STUFF(CONCAT(CAST(N'' AS NVARCHAR(MAX)),
-            CASE WHEN @userId IS NOT NULL THEN CONCAT(N',"userId":', N'"', STRING_ESCAPE(@userId, 'json'), N'"') END), 1, 1, N''), N'}');
+            CASE WHEN @userId IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT @userId AS [userId] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT @userId AS [userId] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END), 1, 1, N''), N'}');
     EXEC sqlbridge.enqueue @operation = N'user.inactivate', @params = @params,
     @account = @account, @priority = @priority, @request_key = @request_key,
     @correlation = @correlation, @not_before = @not_before,
@@ -922,10 +921,10 @@ BEGIN
     IF LEN(@channelAlias + N'x') - 1 > 100 BEGIN SET @msg = N'messenger.alertcounter: parameter ''channelAlias'' is longer than 100 characters'; THROW 51007, @msg, 1; END
     IF LTRIM(RTRIM(@dataIni)) = N'' SET @dataIni = NULL;
     SET @dataIni = LTRIM(RTRIM(@dataIni));
-    IF @dataIni NOT LIKE N'[0-9][0-9]/[0-9][0-9]/[0-9][0-9][0-9][0-9]' OR TRY_CONVERT(date, @dataIni, 103) IS NULL BEGIN SET @msg = CONCAT(N'messenger.alertcounter: parameter ''dataIni'' must be a date written dd/MM/yyyy; got ''', CASE WHEN LEN(@dataIni) > 100 THEN LEFT(@dataIni, 97) + N'...' ELSE @dataIni END, N''''); THROW 51009, @msg, 1; END
+    IF @dataIni IS NOT NULL AND CASE WHEN LEN(@dataIni) = 10 AND @dataIni LIKE N'[0-9][0-9]/[0-9][0-9]/[0-9][0-9][0-9][0-9]' AND TRY_CAST(SUBSTRING(@dataIni, 7, 4) AS INT) >= 1 AND TRY_CAST(SUBSTRING(@dataIni, 4, 2) AS INT) BETWEEN 1 AND 12 AND TRY_CAST(SUBSTRING(@dataIni, 1, 2) AS INT) BETWEEN 1 AND CASE WHEN TRY_CAST(SUBSTRING(@dataIni, 4, 2) AS INT) = 2 THEN CASE WHEN ((TRY_CAST(SUBSTRING(@dataIni, 7, 4) AS INT) % 4 = 0 AND TRY_CAST(SUBSTRING(@dataIni, 7, 4) AS INT) % 100 <> 0) OR TRY_CAST(SUBSTRING(@dataIni, 7, 4) AS INT) % 400 = 0) THEN 29 ELSE 28 END ELSE 30 + (TRY_CAST(SUBSTRING(@dataIni, 4, 2) AS INT) + TRY_CAST(SUBSTRING(@dataIni, 4, 2) AS INT) / 8) % 2 END THEN 1 ELSE 0 END = 0 BEGIN SET @msg = CONCAT(N'messenger.alertcounter: parameter ''dataIni'' must be a date written dd/MM/yyyy; got ''', CASE WHEN LEN(@dataIni) > 100 THEN LEFT(@dataIni, 97) + N'...' ELSE @dataIni END, N''''); THROW 51009, @msg, 1; END
     IF LTRIM(RTRIM(@dataFim)) = N'' SET @dataFim = NULL;
     SET @dataFim = LTRIM(RTRIM(@dataFim));
-    IF @dataFim NOT LIKE N'[0-9][0-9]/[0-9][0-9]/[0-9][0-9][0-9][0-9]' OR TRY_CONVERT(date, @dataFim, 103) IS NULL BEGIN SET @msg = CONCAT(N'messenger.alertcounter: parameter ''dataFim'' must be a date written dd/MM/yyyy; got ''', CASE WHEN LEN(@dataFim) > 100 THEN LEFT(@dataFim, 97) + N'...' ELSE @dataFim END, N''''); THROW 51009, @msg, 1; END
+    IF @dataFim IS NOT NULL AND CASE WHEN LEN(@dataFim) = 10 AND @dataFim LIKE N'[0-9][0-9]/[0-9][0-9]/[0-9][0-9][0-9][0-9]' AND TRY_CAST(SUBSTRING(@dataFim, 7, 4) AS INT) >= 1 AND TRY_CAST(SUBSTRING(@dataFim, 4, 2) AS INT) BETWEEN 1 AND 12 AND TRY_CAST(SUBSTRING(@dataFim, 1, 2) AS INT) BETWEEN 1 AND CASE WHEN TRY_CAST(SUBSTRING(@dataFim, 4, 2) AS INT) = 2 THEN CASE WHEN ((TRY_CAST(SUBSTRING(@dataFim, 7, 4) AS INT) % 4 = 0 AND TRY_CAST(SUBSTRING(@dataFim, 7, 4) AS INT) % 100 <> 0) OR TRY_CAST(SUBSTRING(@dataFim, 7, 4) AS INT) % 400 = 0) THEN 29 ELSE 28 END ELSE 30 + (TRY_CAST(SUBSTRING(@dataFim, 4, 2) AS INT) + TRY_CAST(SUBSTRING(@dataFim, 4, 2) AS INT) / 8) % 2 END THEN 1 ELSE 0 END = 0 BEGIN SET @msg = CONCAT(N'messenger.alertcounter: parameter ''dataFim'' must be a date written dd/MM/yyyy; got ''', CASE WHEN LEN(@dataFim) > 100 THEN LEFT(@dataFim, 97) + N'...' ELSE @dataFim END, N''''); THROW 51009, @msg, 1; END
     IF LTRIM(RTRIM(@status)) = N'' SET @status = NULL;
     SET @status = CASE LOWER(@status) WHEN N'a' THEN N'A' WHEN N'e' THEN N'E' ELSE @status END;
     IF @status NOT IN (N'A', N'E') BEGIN SET @msg = CONCAT(N'messenger.alertcounter: parameter ''status'' must be one of A, E; got ''', CASE WHEN LEN(@status) > 100 THEN LEFT(@status, 97) + N'...' ELSE @status END, N''''); THROW 51002, @msg, 1; END
@@ -934,16 +933,16 @@ BEGIN
     IF @pendentes NOT IN (N'S', N'N') BEGIN SET @msg = CONCAT(N'messenger.alertcounter: parameter ''pendentes'' must be one of S, N; got ''', CASE WHEN LEN(@pendentes) > 100 THEN LEFT(@pendentes, 97) + N'...' ELSE @pendentes END, N''''); THROW 51002, @msg, 1; END
     IF @userId IS NULL AND (@userDocType IS NULL OR @userDocValue IS NULL) BEGIN SET @msg = N'messenger.alertcounter: give either ''userId'' or both ''userDocType'' and ''userDocValue'''; THROW 51010, @msg, 1; END
     DECLARE @filters NVARCHAR(MAX) = CONCAT(CAST(N'{' AS NVARCHAR(MAX)), STUFF(CONCAT(CAST(N'' AS NVARCHAR(MAX)),
-            CASE WHEN @departmentAlias IS NOT NULL THEN CONCAT(N',"departmentAlias":', N'"', STRING_ESCAPE(@departmentAlias, 'json'), N'"') END,
-            CASE WHEN @channelAlias IS NOT NULL THEN CONCAT(N',"channelAlias":', N'"', STRING_ESCAPE(@channelAlias, 'json'), N'"') END,
-            CASE WHEN @dataIni IS NOT NULL THEN CONCAT(N',"dataIni":', N'"', STRING_ESCAPE(@dataIni, 'json'), N'"') END,
-            CASE WHEN @dataFim IS NOT NULL THEN CONCAT(N',"dataFim":', N'"', STRING_ESCAPE(@dataFim, 'json'), N'"') END,
-            CASE WHEN @status IS NOT NULL THEN CONCAT(N',"status":', N'"', STRING_ESCAPE(@status, 'json'), N'"') END,
-            CASE WHEN @pendentes IS NOT NULL THEN CONCAT(N',"pendentes":', N'"', STRING_ESCAPE(@pendentes, 'json'), N'"') END), 1, 1, N''), N'}');
+            CASE WHEN @departmentAlias IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT @departmentAlias AS [departmentAlias] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT @departmentAlias AS [departmentAlias] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
+            CASE WHEN @channelAlias IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT @channelAlias AS [channelAlias] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT @channelAlias AS [channelAlias] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
+            CASE WHEN @dataIni IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT @dataIni AS [dataIni] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT @dataIni AS [dataIni] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
+            CASE WHEN @dataFim IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT @dataFim AS [dataFim] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT @dataFim AS [dataFim] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
+            CASE WHEN @status IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT @status AS [status] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT @status AS [status] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
+            CASE WHEN @pendentes IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT @pendentes AS [pendentes] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT @pendentes AS [pendentes] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END), 1, 1, N''), N'}');
     DECLARE @params NVARCHAR(MAX) = CONCAT(CAST(N'{' AS NVARCHAR(MAX)), STUFF(CONCAT(CAST(N'' AS NVARCHAR(MAX)),
-            CASE WHEN @userId IS NOT NULL THEN CONCAT(N',"userId":', N'"', STRING_ESCAPE(@userId, 'json'), N'"') END,
-            CASE WHEN @userDocType IS NOT NULL THEN CONCAT(N',"userDocType":', N'"', STRING_ESCAPE(@userDocType, 'json'), N'"') END,
-            CASE WHEN @userDocValue IS NOT NULL THEN CONCAT(N',"userDocValue":', N'"', STRING_ESCAPE(@userDocValue, 'json'), N'"') END,
+            CASE WHEN @userId IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT @userId AS [userId] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT @userId AS [userId] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
+            CASE WHEN @userDocType IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT @userDocType AS [userDocType] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT @userDocType AS [userDocType] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
+            CASE WHEN @userDocValue IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT @userDocValue AS [userDocValue] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT @userDocValue AS [userDocValue] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
             CASE WHEN @filters <> N'{}' THEN CONCAT(N',"messengerFilters":', @filters) END), 1, 1, N''), N'}');
     EXEC sqlbridge.enqueue @operation = N'messenger.alertcounter', @params = @params,
     @account = @account, @priority = @priority, @request_key = @request_key,
@@ -993,10 +992,10 @@ BEGIN
     IF LEN(@channelAlias + N'x') - 1 > 100 BEGIN SET @msg = N'messenger.requests: parameter ''channelAlias'' is longer than 100 characters'; THROW 51007, @msg, 1; END
     IF LTRIM(RTRIM(@dataIni)) = N'' SET @dataIni = NULL;
     SET @dataIni = LTRIM(RTRIM(@dataIni));
-    IF @dataIni NOT LIKE N'[0-9][0-9]/[0-9][0-9]/[0-9][0-9][0-9][0-9]' OR TRY_CONVERT(date, @dataIni, 103) IS NULL BEGIN SET @msg = CONCAT(N'messenger.requests: parameter ''dataIni'' must be a date written dd/MM/yyyy; got ''', CASE WHEN LEN(@dataIni) > 100 THEN LEFT(@dataIni, 97) + N'...' ELSE @dataIni END, N''''); THROW 51009, @msg, 1; END
+    IF @dataIni IS NOT NULL AND CASE WHEN LEN(@dataIni) = 10 AND @dataIni LIKE N'[0-9][0-9]/[0-9][0-9]/[0-9][0-9][0-9][0-9]' AND TRY_CAST(SUBSTRING(@dataIni, 7, 4) AS INT) >= 1 AND TRY_CAST(SUBSTRING(@dataIni, 4, 2) AS INT) BETWEEN 1 AND 12 AND TRY_CAST(SUBSTRING(@dataIni, 1, 2) AS INT) BETWEEN 1 AND CASE WHEN TRY_CAST(SUBSTRING(@dataIni, 4, 2) AS INT) = 2 THEN CASE WHEN ((TRY_CAST(SUBSTRING(@dataIni, 7, 4) AS INT) % 4 = 0 AND TRY_CAST(SUBSTRING(@dataIni, 7, 4) AS INT) % 100 <> 0) OR TRY_CAST(SUBSTRING(@dataIni, 7, 4) AS INT) % 400 = 0) THEN 29 ELSE 28 END ELSE 30 + (TRY_CAST(SUBSTRING(@dataIni, 4, 2) AS INT) + TRY_CAST(SUBSTRING(@dataIni, 4, 2) AS INT) / 8) % 2 END THEN 1 ELSE 0 END = 0 BEGIN SET @msg = CONCAT(N'messenger.requests: parameter ''dataIni'' must be a date written dd/MM/yyyy; got ''', CASE WHEN LEN(@dataIni) > 100 THEN LEFT(@dataIni, 97) + N'...' ELSE @dataIni END, N''''); THROW 51009, @msg, 1; END
     IF LTRIM(RTRIM(@dataFim)) = N'' SET @dataFim = NULL;
     SET @dataFim = LTRIM(RTRIM(@dataFim));
-    IF @dataFim NOT LIKE N'[0-9][0-9]/[0-9][0-9]/[0-9][0-9][0-9][0-9]' OR TRY_CONVERT(date, @dataFim, 103) IS NULL BEGIN SET @msg = CONCAT(N'messenger.requests: parameter ''dataFim'' must be a date written dd/MM/yyyy; got ''', CASE WHEN LEN(@dataFim) > 100 THEN LEFT(@dataFim, 97) + N'...' ELSE @dataFim END, N''''); THROW 51009, @msg, 1; END
+    IF @dataFim IS NOT NULL AND CASE WHEN LEN(@dataFim) = 10 AND @dataFim LIKE N'[0-9][0-9]/[0-9][0-9]/[0-9][0-9][0-9][0-9]' AND TRY_CAST(SUBSTRING(@dataFim, 7, 4) AS INT) >= 1 AND TRY_CAST(SUBSTRING(@dataFim, 4, 2) AS INT) BETWEEN 1 AND 12 AND TRY_CAST(SUBSTRING(@dataFim, 1, 2) AS INT) BETWEEN 1 AND CASE WHEN TRY_CAST(SUBSTRING(@dataFim, 4, 2) AS INT) = 2 THEN CASE WHEN ((TRY_CAST(SUBSTRING(@dataFim, 7, 4) AS INT) % 4 = 0 AND TRY_CAST(SUBSTRING(@dataFim, 7, 4) AS INT) % 100 <> 0) OR TRY_CAST(SUBSTRING(@dataFim, 7, 4) AS INT) % 400 = 0) THEN 29 ELSE 28 END ELSE 30 + (TRY_CAST(SUBSTRING(@dataFim, 4, 2) AS INT) + TRY_CAST(SUBSTRING(@dataFim, 4, 2) AS INT) / 8) % 2 END THEN 1 ELSE 0 END = 0 BEGIN SET @msg = CONCAT(N'messenger.requests: parameter ''dataFim'' must be a date written dd/MM/yyyy; got ''', CASE WHEN LEN(@dataFim) > 100 THEN LEFT(@dataFim, 97) + N'...' ELSE @dataFim END, N''''); THROW 51009, @msg, 1; END
     IF LTRIM(RTRIM(@status)) = N'' SET @status = NULL;
     SET @status = CASE LOWER(@status) WHEN N'a' THEN N'A' WHEN N'e' THEN N'E' ELSE @status END;
     IF @status NOT IN (N'A', N'E') BEGIN SET @msg = CONCAT(N'messenger.requests: parameter ''status'' must be one of A, E; got ''', CASE WHEN LEN(@status) > 100 THEN LEFT(@status, 97) + N'...' ELSE @status END, N''''); THROW 51002, @msg, 1; END
@@ -1005,16 +1004,16 @@ BEGIN
     IF @pendentes NOT IN (N'S', N'N') BEGIN SET @msg = CONCAT(N'messenger.requests: parameter ''pendentes'' must be one of S, N; got ''', CASE WHEN LEN(@pendentes) > 100 THEN LEFT(@pendentes, 97) + N'...' ELSE @pendentes END, N''''); THROW 51002, @msg, 1; END
     IF @userId IS NULL AND (@userDocType IS NULL OR @userDocValue IS NULL) BEGIN SET @msg = N'messenger.requests: give either ''userId'' or both ''userDocType'' and ''userDocValue'''; THROW 51010, @msg, 1; END
     DECLARE @filters NVARCHAR(MAX) = CONCAT(CAST(N'{' AS NVARCHAR(MAX)), STUFF(CONCAT(CAST(N'' AS NVARCHAR(MAX)),
-            CASE WHEN @departmentAlias IS NOT NULL THEN CONCAT(N',"departmentAlias":', N'"', STRING_ESCAPE(@departmentAlias, 'json'), N'"') END,
-            CASE WHEN @channelAlias IS NOT NULL THEN CONCAT(N',"channelAlias":', N'"', STRING_ESCAPE(@channelAlias, 'json'), N'"') END,
-            CASE WHEN @dataIni IS NOT NULL THEN CONCAT(N',"dataIni":', N'"', STRING_ESCAPE(@dataIni, 'json'), N'"') END,
-            CASE WHEN @dataFim IS NOT NULL THEN CONCAT(N',"dataFim":', N'"', STRING_ESCAPE(@dataFim, 'json'), N'"') END,
-            CASE WHEN @status IS NOT NULL THEN CONCAT(N',"status":', N'"', STRING_ESCAPE(@status, 'json'), N'"') END,
-            CASE WHEN @pendentes IS NOT NULL THEN CONCAT(N',"pendentes":', N'"', STRING_ESCAPE(@pendentes, 'json'), N'"') END), 1, 1, N''), N'}');
+            CASE WHEN @departmentAlias IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT @departmentAlias AS [departmentAlias] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT @departmentAlias AS [departmentAlias] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
+            CASE WHEN @channelAlias IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT @channelAlias AS [channelAlias] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT @channelAlias AS [channelAlias] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
+            CASE WHEN @dataIni IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT @dataIni AS [dataIni] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT @dataIni AS [dataIni] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
+            CASE WHEN @dataFim IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT @dataFim AS [dataFim] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT @dataFim AS [dataFim] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
+            CASE WHEN @status IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT @status AS [status] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT @status AS [status] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
+            CASE WHEN @pendentes IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT @pendentes AS [pendentes] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT @pendentes AS [pendentes] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END), 1, 1, N''), N'}');
     DECLARE @params NVARCHAR(MAX) = CONCAT(CAST(N'{' AS NVARCHAR(MAX)), STUFF(CONCAT(CAST(N'' AS NVARCHAR(MAX)),
-            CASE WHEN @userId IS NOT NULL THEN CONCAT(N',"userId":', N'"', STRING_ESCAPE(@userId, 'json'), N'"') END,
-            CASE WHEN @userDocType IS NOT NULL THEN CONCAT(N',"userDocType":', N'"', STRING_ESCAPE(@userDocType, 'json'), N'"') END,
-            CASE WHEN @userDocValue IS NOT NULL THEN CONCAT(N',"userDocValue":', N'"', STRING_ESCAPE(@userDocValue, 'json'), N'"') END,
+            CASE WHEN @userId IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT @userId AS [userId] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT @userId AS [userId] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
+            CASE WHEN @userDocType IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT @userDocType AS [userDocType] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT @userDocType AS [userDocType] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
+            CASE WHEN @userDocValue IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT @userDocValue AS [userDocValue] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT @userDocValue AS [userDocValue] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
             CASE WHEN @filters <> N'{}' THEN CONCAT(N',"messengerFilters":', @filters) END), 1, 1, N''), N'}');
     EXEC sqlbridge.enqueue @operation = N'messenger.requests', @params = @params,
     @account = @account, @priority = @priority, @request_key = @request_key,
@@ -1054,9 +1053,9 @@ BEGIN
     IF LEN(@userDocValue + N'x') - 1 > 100 BEGIN SET @msg = N'messenger.link: parameter ''userDocValue'' is longer than 100 characters'; THROW 51007, @msg, 1; END
     IF @userId IS NULL AND (@userDocType IS NULL OR @userDocValue IS NULL) BEGIN SET @msg = N'messenger.link: give either ''userId'' or both ''userDocType'' and ''userDocValue'''; THROW 51010, @msg, 1; END
     DECLARE @params NVARCHAR(MAX) = CONCAT(CAST(N'{' AS NVARCHAR(MAX)), STUFF(CONCAT(CAST(N'' AS NVARCHAR(MAX)),
-            CASE WHEN @userId IS NOT NULL THEN CONCAT(N',"userId":', N'"', STRING_ESCAPE(@userId, 'json'), N'"') END,
-            CASE WHEN @userDocType IS NOT NULL THEN CONCAT(N',"userDocType":', N'"', STRING_ESCAPE(@userDocType, 'json'), N'"') END,
-            CASE WHEN @userDocValue IS NOT NULL THEN CONCAT(N',"userDocValue":', N'"', STRING_ESCAPE(@userDocValue, 'json'), N'"') END), 1, 1, N''), N'}');
+            CASE WHEN @userId IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT @userId AS [userId] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT @userId AS [userId] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
+            CASE WHEN @userDocType IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT @userDocType AS [userDocType] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT @userDocType AS [userDocType] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
+            CASE WHEN @userDocValue IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT @userDocValue AS [userDocValue] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT @userDocValue AS [userDocValue] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END), 1, 1, N''), N'}');
     EXEC sqlbridge.enqueue @operation = N'messenger.link', @params = @params,
     @account = @account, @priority = @priority, @request_key = @request_key,
     @correlation = @correlation, @not_before = @not_before,
@@ -1119,12 +1118,12 @@ BEGIN
     IF LTRIM(RTRIM(@credential)) = N'' SET @credential = NULL;
     IF LEN(@credential + N'x') - 1 > 128 BEGIN SET @msg = N'http.request: parameter ''credential'' is longer than 128 characters'; THROW 51007, @msg, 1; END
     DECLARE @params NVARCHAR(MAX) = CONCAT(CAST(N'{' AS NVARCHAR(MAX)), STUFF(CONCAT(CAST(N'' AS NVARCHAR(MAX)),
-            CASE WHEN @url IS NOT NULL THEN CONCAT(N',"url":', N'"', STRING_ESCAPE(@url, 'json'), N'"') END,
-            CASE WHEN @method IS NOT NULL THEN CONCAT(N',"method":', N'"', STRING_ESCAPE(@method, 'json'), N'"') END,
+            CASE WHEN @url IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT @url AS [url] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT @url AS [url] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
+            CASE WHEN @method IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT @method AS [method] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT @method AS [method] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
             CASE WHEN @headers IS NOT NULL THEN CONCAT(N',"headers":', @headers) END,
-            CASE WHEN @payload IS NOT NULL THEN CONCAT(N',"payload":', CASE WHEN ISJSON(@payload) = 1 THEN @payload ELSE CONCAT(N'"', STRING_ESCAPE(@payload, 'json'), N'"') END) END,
+            CASE WHEN ISJSON(@payload) = 1 THEN CONCAT(N',"payload":', @payload) WHEN @payload IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT @payload AS [payload] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT @payload AS [payload] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
             CASE WHEN @timeout IS NOT NULL THEN CONCAT(N',"timeout":', @timeout) END,
-            CASE WHEN @credential IS NOT NULL THEN CONCAT(N',"credential":', N'"', STRING_ESCAPE(@credential, 'json'), N'"') END), 1, 1, N''), N'}');
+            CASE WHEN @credential IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT @credential AS [credential] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT @credential AS [credential] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END), 1, 1, N''), N'}');
     EXEC sqlbridge.enqueue @operation = N'http.request', @params = @params,
     @account = @account, @priority = @priority, @request_key = @request_key,
     @correlation = @correlation, @not_before = @not_before,
