@@ -526,7 +526,9 @@ class Queue:
 
     def __init__(self, engine: Engine, settings: Settings | None = None) -> None:
         self.engine = engine
-        self.settings = settings or Settings(database_url=str(engine.url))
+        # render_as_string: str(url) prints the password as *** and would not connect.
+        self.settings = settings or Settings(
+            database_url=engine.url.render_as_string(hide_password=False))
 
     # -- enqueue ----------------------------------------------------------------------------
 

@@ -24,6 +24,42 @@ NO_MSSQL = "SQLBRIDGE_TEST_MSSQL_URL not set: no SQL Server to test against"
 # when SQLBRIDGE_TEST_MSSQL_URL names one (scripts/test-mssql starts one in Docker).
 BACKENDS = ["sqlite"] + (["mssql"] if MSSQL_URL else [])
 
+# What an engine cannot do, declared once: tests ask for these names instead of failing
+# at random where an engine differs (README, "Babelfish for PostgreSQL").
+ENGINE_LIMITS: dict[str, frozenset[str]] = {
+    "sqlserver": frozenset(),
+    "babelfish": frozenset({
+        "babelfish",
+        "nul",  # PostgreSQL text cannot hold U+0000
+        "readpast",  # READPAST is ignored: claims and take_messages serialise
+        "execute_as",  # no EXECUTE AS statement, no CREATE USER ... WITHOUT LOGIN
+    }),
+}
+_KINDS: dict[str, str] = {}
+
+
+def engine_limits(engine: Engine) -> frozenset[str]:
+    """The limits of the SQL Server-family engine behind ``engine`` (asked once per URL)."""
+    key = engine.url.render_as_string(hide_password=False)
+    if key not in _KINDS:
+        with engine.connect() as conn:
+            version = conn.exec_driver_sql(
+                "SELECT CAST(SERVERPROPERTY('BabelfishVersion') AS NVARCHAR(100))").scalar()
+        _KINDS[key] = "babelfish" if version else "sqlserver"
+    return ENGINE_LIMITS[_KINDS[key]]
+
+
+@pytest.fixture
+def mssql_limits() -> frozenset[str]:
+    if not MSSQL_URL:
+        pytest.skip(NO_MSSQL)
+    engine = make_engine(MSSQL_URL)
+    try:
+        return engine_limits(engine)
+    finally:
+        engine.dispose()
+
+
 # Retries in tests wait milliseconds, not the production seconds.
 FAST_WORKER = WorkerSettings(concurrency=4, batch=20, poll_interval=0.05, lease_seconds=5,
                              max_attempts=3, backoff_base=0.05, backoff_max=0.2)

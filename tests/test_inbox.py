@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, true
 
 from sqlbridge import demo, inbox, registry, schema
 from sqlbridge.providers import Providers
@@ -183,7 +183,7 @@ def test_unread_follows_the_vendor_through_a_sync(engine: Engine, providers: Pro
 
     def unread() -> list[str]:
         with engine.connect() as c:
-            return sorted(c.execute(select(m.c.messageid).where(m.c.unread.is_(True))).scalars())
+            return sorted(c.execute(select(m.c.messageid).where(m.c.unread == true())).scalars())
 
     assert len(unread()) == 2 and mid in unread()
     # getmessages reads the chat at the vendor; what it returned is read here too.
@@ -208,7 +208,7 @@ def test_unicode_and_a_10000_character_message_land_intact(engine: Engine,
     fetch_and_store(engine, providers, sandbox, "chat.getmessages", SB_CHAT)
     with engine.connect() as c:
         stored = c.execute(select(schema.chat_message.c.message)
-                           .where(schema.chat_message.c.sent.is_(True))
+                           .where(schema.chat_message.c.sent == true())
                            .order_by(schema.chat_message.c.id.desc())).scalars().first()
     assert stored == text and len(stored) == 10_000
 
@@ -247,7 +247,7 @@ def test_clearing_many_unread_stays_under_the_parameter_limit(engine: Engine) ->
             "chat_message": [0, 2500]}
     with engine.connect() as c:
         still = c.execute(select(func.count()).select_from(schema.chat_message)
-                          .where(schema.chat_message.c.unread.is_(True))).scalar_one()
+                          .where(schema.chat_message.c.unread == true())).scalar_one()
     assert still == 10
 
 

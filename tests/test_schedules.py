@@ -73,7 +73,7 @@ def test_two_worker_processes_and_due_schedules_make_one_run_each(queue: Queue,
         from sqlbridge import sync
         from sqlbridge.db import make_engine
         from sqlbridge.queue import Queue
-        queue = Queue(make_engine({str(queue.engine.url)!r}))
+        queue = Queue(make_engine({queue.engine.url.render_as_string(hide_password=False)!r}))
         go = float(sys.argv[1])
         while time.time() < go:
             time.sleep(0.001)

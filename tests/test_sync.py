@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, true
 
 from sqlbridge import sync
 from sqlbridge.config import Settings
@@ -79,13 +79,13 @@ def test_unread_flags_clear_when_messages_are_read_in_the_api(live: Settings, sa
     summary = sync.sync_now(live, queue.engine, unread_only=True)
     assert operations(queue.engine)["chat.getunreadmessages"] == 5
     assert "chat.getmessages" not in operations(queue.engine)
-    unread = count(queue.engine, chat_message, chat_message.c.unread.is_(True))
+    unread = count(queue.engine, chat_message, chat_message.c.unread == true())
     assert unread == summary.tables["chat_message"]["inserted"] == 5 * 10  # the incoming half
     sandbox.state.mark_read("whatsapp", "100", "34600000000")
     sync.sync_now(live, queue.engine, unread_only=True)
-    assert count(queue.engine, chat_message, chat_message.c.unread.is_(True)) == unread - 10
+    assert count(queue.engine, chat_message, chat_message.c.unread == true()) == unread - 10
     assert count(queue.engine, chat_message, chat_message.c.destination == "34600000000",
-                 chat_message.c.unread.is_(True)) == 0
+                 chat_message.c.unread == true()) == 0
 
 
 def test_a_worker_runs_due_schedules_by_itself_with_the_platform_filter(

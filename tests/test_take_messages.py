@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, false, func, select
 
 from sqlbridge import inbox
 from sqlbridge.db import make_engine
@@ -73,7 +73,7 @@ def test_only_new_messages_are_taken_and_in_arrival_order(engine: Engine) -> Non
     assert [r["messageid"] for r in take_messages(engine, "app")] == ["m00009", "m00010"]
     with engine.connect() as c:
         untaken_incoming = c.execute(select(func.count()).select_from(chat_message).where(
-            chat_message.c.taken_at.is_(None), chat_message.c.sent.is_(False))).scalar_one()
+            chat_message.c.taken_at.is_(None), chat_message.c.sent == false())).scalar_one()
     assert untaken_incoming == 0
 
 
