@@ -652,3 +652,15 @@ def test_time_offsets_of_years_compile_to_seconds(tmp_path: Path) -> None:
         assert "DATEADD(second, CAST(FLOOR(" in sql and "* 1000 AS INT), SYSUTCDATETIME())" \
             not in sql
         assert parse_errors(sql + ";", tmp_path) == ""
+
+
+def test_the_readme_and_the_doc_list_every_babelfish_difference() -> None:
+    root = SQL.parent.parent
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    section = readme.split("**Babelfish for PostgreSQL.**", 1)[1].split("**Checked here", 1)[0]
+    doc = (root / "docs" / "sqlserver.md").read_text(encoding="utf-8")
+    doc = doc.split("## Babelfish for PostgreSQL", 1)[1].split("\n## ", 1)[0]
+    for difference in ("CREATE OR ALTER", "WAITFOR", "READPAST", "STRING_ESCAPE", "103",
+                       "ownership chaining", "WITHOUT LOGIN", "U+0000"):
+        assert difference in section, difference
+        assert difference in doc, difference
