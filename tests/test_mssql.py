@@ -280,7 +280,6 @@ def test_bad_input_is_refused_with_the_documented_number(server: Engine, call: s
     assert f"({ERROR_NUMBERS[code]})" in refused(server, call)
 
 
-@needs_server
 def test_python_refuses_the_names_the_procedures_refuse() -> None:
     for name in ("Chat.GetChats", " chat.getchats", "SMS.sendsms"):
         with pytest.raises(ValidationError):
