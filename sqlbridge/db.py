@@ -104,6 +104,24 @@ def _mssql_session(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def _known_isolation_level(engine: Engine) -> None:
+    """SQLAlchemy reads the session's isolation level from sys.dm_exec_sessions, which
+    Babelfish does not have; it then leaves the default unknown and fails every connection
+    returned to the pool after an AUTOCOMMIT use (wait_for must run outside a transaction).
+    Where the server cannot say, it is READ COMMITTED: the default of SQL Server and of
+    Babelfish alike."""
+    dialect = engine.dialect
+    asked = dialect.get_isolation_level
+
+    def get_isolation_level(dbapi_connection: Any) -> str:
+        try:
+            return asked(dbapi_connection)
+        except NotImplementedError:
+            return "READ COMMITTED"
+
+    dialect.get_isolation_level = get_isolation_level  # type: ignore[method-assign]
+
+
 def make_engine(url: str, *, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS,
                 **kwargs: Any) -> Engine:
     """An engine for ``url``. ``busy_timeout_ms`` (SQLite): how long a statement waits for
@@ -128,6 +146,7 @@ def make_engine(url: str, *, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS,
         try:
             engine = create_engine(parsed, **kwargs)
             event.listen(engine, "connect", _mssql_session)
+            _known_isolation_level(engine)
             return engine
         except ImportError as exc:
             raise ConfigError(

@@ -319,15 +319,21 @@ def test_max_attempts_means_the_worker_s_setting_from_every_entry_point(server: 
 
 
 WAIT_FOR = tsql("EXEC sqlbridge.wait_for @request_id = :id, @timeout_ms = :ms")
+# The caller's own transaction, opened in T-SQL: the THROW under XACT_ABORT ends it server-side.
+WAIT_IN_TRANSACTION = tsql("BEGIN TRANSACTION; EXEC sqlbridge.wait_for @request_id = :id, "
+                           "@timeout_ms = 100;")
+ROLLBACK_IF_OPEN = tsql("IF @@TRANCOUNT > 0 ROLLBACK;")
 
 
 @needs_server
 def test_wait_for_refuses_inside_a_transaction_and_waits_outside(server: Engine) -> None:
     rid = run_proc(server, "EXEC sqlbridge.afilnet_chat_getchatchannels")
-    with server.connect() as c:
-        c.begin()
-        with pytest.raises(DBAPIError) as e:
-            c.execute(text(WAIT_FOR), {"id": rid, "ms": 100})
+    with autocommit(server) as c:
+        try:
+            with pytest.raises(DBAPIError) as e:
+                c.execute(text(WAIT_IN_TRANSACTION), {"id": rid})
+        finally:
+            c.execute(text(ROLLBACK_IF_OPEN))
     assert f"({ERROR_NUMBERS['WAIT_IN_TRANSACTION']})" in str(e.value.orig)
     with Sandbox() as sb:
         settings = dataclasses.replace(Settings(database_url=MSSQL_URL or ""),
@@ -416,13 +422,14 @@ def test_long_values_pass_every_path(server: Engine, size: int) -> None:
         "@destination = N'346', @message = :m"), m=long)
     assert json.loads(outbox_row(server, by_proc).params)["message"] == long
     with Sandbox() as sb:
-        sb.state.add_chat("whatsapp", "100", "346")
-        sb.state.add_message("whatsapp", "100", "346", long, sent=1, status="sent")
+        # The long message waits in a chat of its own: the sends above go to another one.
+        sb.state.add_chat("whatsapp", "100", "347")
+        sb.state.add_message("whatsapp", "100", "347", long, sent=1, status="sent")
         settings = dataclasses.replace(Settings(database_url=MSSQL_URL or ""),
                                        accounts={"default": sb.account()}, worker=FAST_WORKER)
         queue = Queue(server, settings)
         by_python = queue.enqueue("chat.sendmessage", {**message, "message": long}).id
-        reads = queue.enqueue("chat.getmessages", message).id
+        reads = queue.enqueue("chat.getmessages", {**message, "destination": "347"}).id
         with server.begin() as c:
             c.execute(text(tsql("INSERT INTO sqlbridge.outbox (operation, params) "
                                 "VALUES (N'chat.sendmessage', :p)")),
