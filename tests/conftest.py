@@ -40,6 +40,8 @@ _KINDS: dict[str, str] = {}
 
 def engine_limits(engine: Engine) -> frozenset[str]:
     """The limits of the SQL Server-family engine behind ``engine`` (asked once per URL)."""
+    if engine.dialect.name != "mssql":
+        return frozenset()
     key = engine.url.render_as_string(hide_password=False)
     if key not in _KINDS:
         with engine.connect() as conn:

@@ -19,6 +19,8 @@ from sqlbridge.errors import ValidationError
 from sqlbridge.messages import mssql_statements, take_messages
 from sqlbridge.schema import chat_message
 
+from .conftest import engine_limits
+
 
 def store(engine: Engine, n: int, start: int = 0) -> None:
     """n messages of one chat; every fourth one outgoing."""
@@ -52,7 +54,8 @@ def test_concurrent_consumers_take_each_incoming_message_exactly_once(engine: En
         t.join()
     everything = [i for ids in taken.values() for i in ids]
     assert len(everything) == len(set(everything)) == 600  # the 200 outgoing are not taken
-    assert all(taken.values()), "every consumer got some: they ran side by side"
+    if "readpast" not in engine_limits(engine):  # Babelfish ignores READPAST: they take turns
+        assert all(taken.values()), "every consumer got some: they ran side by side"
     with engine.connect() as c:
         rows = c.execute(select(chat_message.c.id, chat_message.c.taken_by)
                          .where(chat_message.c.taken_at.is_not(None))).all()
