@@ -105,7 +105,7 @@ def added_tables_script(name: str) -> str:
     """A later versioned script: the tables whose metadata names it, guarded like 001."""
     out = [HEADER, f"-- Versioned: applied once, after {FIRST_SCRIPT}. A table added to the "
            "metadata after a\n-- release goes into a new numbered script, so installs that "
-           "applied the earlier ones\n-- accept the upgrade.\n", "SET NOCOUNT ON;", GO]
+           "applied the earlier ones\n-- accept the upgrade.\n"]
     out += _tables_ddl(name)
     return "\n".join(out) + "\n"
 
@@ -638,10 +638,10 @@ def bulk_procedure(action: str) -> str:
                else q.cancel_changes(oa.BULK_CANCEL_MESSAGE))
     where = "\n        ".join(f"AND ({p} IS NULL OR {cond})" for p, _, cond in BULK_FILTERS)
     none_given = " AND ".join(f"{p} IS NULL" for p, _, _ in BULK_FILTERS)
-    keys = {p: lit(f',"{p[1:]}":"') for p, _, _ in BULK_FILTERS}
+    # json_pair, not STRING_ESCAPE (Babelfish corrupts non-ASCII there).
     members = ",\n            ".join(
-        f"CASE WHEN {p} IS NOT NULL THEN CONCAT({keys[p]}, "
-        f"STRING_ESCAPE(CONVERT(NVARCHAR(400), {p}, 121), 'json'), N'\"') END"
+        f"CASE WHEN {p} IS NOT NULL THEN CONCAT(N',', "
+        f"{json_pair(p[1:], f'CONVERT(NVARCHAR(400), {p}, 121)')}) END"
         for p, _, _ in BULK_FILTERS)
     name = f"{action}_requests"
     body = f"""    -- The same action as `sqlbridge {action}` with filters (sqlbridge.operator_actions):

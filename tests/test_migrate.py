@@ -607,7 +607,8 @@ def test_the_credential_travels_by_name_in_the_request() -> None:
     op, clean = registry.validate("http.request", {"url": "https://a.example/x",
                                                    "credential": "orders"})
     assert clean["credential"] == "orders"
-    assert "CONCAT(N',\"credential\":'" in _invoke_body()
+    assert "(SELECT @credential AS [credential] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)" in \
+        _invoke_body()
 
 
 def test_credentials_load_from_the_account_and_stay_secret(tmp_path: Path) -> None:

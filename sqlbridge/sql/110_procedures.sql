@@ -344,15 +344,15 @@ BEGIN
         RETURN 0;
     END;
     DECLARE @criteria NVARCHAR(MAX) = CONCAT(CAST(N'{' AS NVARCHAR(MAX)), STUFF(CONCAT(CAST(N'' AS NVARCHAR(MAX)),
-            CASE WHEN @status IS NOT NULL THEN CONCAT(N',"status":"', STRING_ESCAPE(CONVERT(NVARCHAR(400), @status, 121), 'json'), N'"') END,
-            CASE WHEN @operation IS NOT NULL THEN CONCAT(N',"operation":"', STRING_ESCAPE(CONVERT(NVARCHAR(400), @operation, 121), 'json'), N'"') END,
-            CASE WHEN @account IS NOT NULL THEN CONCAT(N',"account":"', STRING_ESCAPE(CONVERT(NVARCHAR(400), @account, 121), 'json'), N'"') END,
-            CASE WHEN @correlation IS NOT NULL THEN CONCAT(N',"correlation":"', STRING_ESCAPE(CONVERT(NVARCHAR(400), @correlation, 121), 'json'), N'"') END,
-            CASE WHEN @error_code IS NOT NULL THEN CONCAT(N',"error_code":"', STRING_ESCAPE(CONVERT(NVARCHAR(400), @error_code, 121), 'json'), N'"') END,
-            CASE WHEN @created_after IS NOT NULL THEN CONCAT(N',"created_after":"', STRING_ESCAPE(CONVERT(NVARCHAR(400), @created_after, 121), 'json'), N'"') END,
-            CASE WHEN @created_before IS NOT NULL THEN CONCAT(N',"created_before":"', STRING_ESCAPE(CONVERT(NVARCHAR(400), @created_before, 121), 'json'), N'"') END,
-            CASE WHEN @finished_after IS NOT NULL THEN CONCAT(N',"finished_after":"', STRING_ESCAPE(CONVERT(NVARCHAR(400), @finished_after, 121), 'json'), N'"') END,
-            CASE WHEN @finished_before IS NOT NULL THEN CONCAT(N',"finished_before":"', STRING_ESCAPE(CONVERT(NVARCHAR(400), @finished_before, 121), 'json'), N'"') END), 1, 1, N''), N'}');
+            CASE WHEN @status IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT CONVERT(NVARCHAR(400), @status, 121) AS [status] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT CONVERT(NVARCHAR(400), @status, 121) AS [status] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
+            CASE WHEN @operation IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT CONVERT(NVARCHAR(400), @operation, 121) AS [operation] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT CONVERT(NVARCHAR(400), @operation, 121) AS [operation] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
+            CASE WHEN @account IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT CONVERT(NVARCHAR(400), @account, 121) AS [account] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT CONVERT(NVARCHAR(400), @account, 121) AS [account] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
+            CASE WHEN @correlation IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT CONVERT(NVARCHAR(400), @correlation, 121) AS [correlation] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT CONVERT(NVARCHAR(400), @correlation, 121) AS [correlation] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
+            CASE WHEN @error_code IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT CONVERT(NVARCHAR(400), @error_code, 121) AS [error_code] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT CONVERT(NVARCHAR(400), @error_code, 121) AS [error_code] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
+            CASE WHEN @created_after IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT CONVERT(NVARCHAR(400), @created_after, 121) AS [created_after] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT CONVERT(NVARCHAR(400), @created_after, 121) AS [created_after] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
+            CASE WHEN @created_before IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT CONVERT(NVARCHAR(400), @created_before, 121) AS [created_before] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT CONVERT(NVARCHAR(400), @created_before, 121) AS [created_before] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
+            CASE WHEN @finished_after IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT CONVERT(NVARCHAR(400), @finished_after, 121) AS [finished_after] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT CONVERT(NVARCHAR(400), @finished_after, 121) AS [finished_after] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
+            CASE WHEN @finished_before IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT CONVERT(NVARCHAR(400), @finished_before, 121) AS [finished_before] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT CONVERT(NVARCHAR(400), @finished_before, 121) AS [finished_before] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END), 1, 1, N''), N'}');
     IF @criteria = N'{}' SET @criteria = N'{"all":true}';
     INSERT INTO sqlbridge.operator_action (action, actor, via, criteria)
     VALUES (N'retry', ORIGINAL_LOGIN(), N'tsql', @criteria);
@@ -430,15 +430,15 @@ BEGIN
         RETURN 0;
     END;
     DECLARE @criteria NVARCHAR(MAX) = CONCAT(CAST(N'{' AS NVARCHAR(MAX)), STUFF(CONCAT(CAST(N'' AS NVARCHAR(MAX)),
-            CASE WHEN @status IS NOT NULL THEN CONCAT(N',"status":"', STRING_ESCAPE(CONVERT(NVARCHAR(400), @status, 121), 'json'), N'"') END,
-            CASE WHEN @operation IS NOT NULL THEN CONCAT(N',"operation":"', STRING_ESCAPE(CONVERT(NVARCHAR(400), @operation, 121), 'json'), N'"') END,
-            CASE WHEN @account IS NOT NULL THEN CONCAT(N',"account":"', STRING_ESCAPE(CONVERT(NVARCHAR(400), @account, 121), 'json'), N'"') END,
-            CASE WHEN @correlation IS NOT NULL THEN CONCAT(N',"correlation":"', STRING_ESCAPE(CONVERT(NVARCHAR(400), @correlation, 121), 'json'), N'"') END,
-            CASE WHEN @error_code IS NOT NULL THEN CONCAT(N',"error_code":"', STRING_ESCAPE(CONVERT(NVARCHAR(400), @error_code, 121), 'json'), N'"') END,
-            CASE WHEN @created_after IS NOT NULL THEN CONCAT(N',"created_after":"', STRING_ESCAPE(CONVERT(NVARCHAR(400), @created_after, 121), 'json'), N'"') END,
-            CASE WHEN @created_before IS NOT NULL THEN CONCAT(N',"created_before":"', STRING_ESCAPE(CONVERT(NVARCHAR(400), @created_before, 121), 'json'), N'"') END,
-            CASE WHEN @finished_after IS NOT NULL THEN CONCAT(N',"finished_after":"', STRING_ESCAPE(CONVERT(NVARCHAR(400), @finished_after, 121), 'json'), N'"') END,
-            CASE WHEN @finished_before IS NOT NULL THEN CONCAT(N',"finished_before":"', STRING_ESCAPE(CONVERT(NVARCHAR(400), @finished_before, 121), 'json'), N'"') END), 1, 1, N''), N'}');
+            CASE WHEN @status IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT CONVERT(NVARCHAR(400), @status, 121) AS [status] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT CONVERT(NVARCHAR(400), @status, 121) AS [status] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
+            CASE WHEN @operation IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT CONVERT(NVARCHAR(400), @operation, 121) AS [operation] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT CONVERT(NVARCHAR(400), @operation, 121) AS [operation] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
+            CASE WHEN @account IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT CONVERT(NVARCHAR(400), @account, 121) AS [account] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT CONVERT(NVARCHAR(400), @account, 121) AS [account] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
+            CASE WHEN @correlation IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT CONVERT(NVARCHAR(400), @correlation, 121) AS [correlation] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT CONVERT(NVARCHAR(400), @correlation, 121) AS [correlation] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
+            CASE WHEN @error_code IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT CONVERT(NVARCHAR(400), @error_code, 121) AS [error_code] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT CONVERT(NVARCHAR(400), @error_code, 121) AS [error_code] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
+            CASE WHEN @created_after IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT CONVERT(NVARCHAR(400), @created_after, 121) AS [created_after] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT CONVERT(NVARCHAR(400), @created_after, 121) AS [created_after] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
+            CASE WHEN @created_before IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT CONVERT(NVARCHAR(400), @created_before, 121) AS [created_before] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT CONVERT(NVARCHAR(400), @created_before, 121) AS [created_before] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
+            CASE WHEN @finished_after IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT CONVERT(NVARCHAR(400), @finished_after, 121) AS [finished_after] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT CONVERT(NVARCHAR(400), @finished_after, 121) AS [finished_after] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END,
+            CASE WHEN @finished_before IS NOT NULL THEN CONCAT(N',', SUBSTRING((SELECT CONVERT(NVARCHAR(400), @finished_before, 121) AS [finished_before] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER), 2, LEN((SELECT CONVERT(NVARCHAR(400), @finished_before, 121) AS [finished_before] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)) - 2)) END), 1, 1, N''), N'}');
     IF @criteria = N'{}' SET @criteria = N'{"all":true}';
     INSERT INTO sqlbridge.operator_action (action, actor, via, criteria)
     VALUES (N'cancel', ORIGINAL_LOGIN(), N'tsql', @criteria);
