@@ -601,8 +601,10 @@ def test_operation_names_follow_one_rule_in_python_and_t_sql(sqlite_eval: Any) -
     # may match loosely, like Python's operator_actions filter: they store nothing).
     for proc in ("enqueue", "afilnet_call", "schedule_sync"):
         code = code_only(procedure_body(proc))
-        assert not re.search(r"(LOWER|LTRIM|RTRIM)\((LTRIM\(|RTRIM\(|CONCAT\()*"
-                             r"@(operation|class|method)\b", code), proc
+        assert not re.search(r"LOWER\((LTRIM\(|RTRIM\(|CONCAT\()*@(operation|class|method)\b",
+                             code), proc
+        assert not re.search(r"@operation( NVARCHAR\(100\))? = (LOWER|LTRIM|RTRIM|CONCAT\(LTRIM)",
+                             code), proc
     for proc in ("enqueue", "schedule_sync"):
         assert tsql.bad_operation_name("@operation") in procedure_body(proc), proc
 
