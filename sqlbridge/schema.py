@@ -67,7 +67,9 @@ outbox = Table(
     Column("attempts", Integer, nullable=False, server_default=text("0")),
     # NULL: "the worker's setting" ([worker] max_attempts), read by the worker when it claims
     # and recovers the row, so a plain INSERT, a procedure and Python all mean the same thing.
-    Column("max_attempts", Integer, nullable=True),
+    Column("max_attempts", Integer, nullable=True,
+           # 001_schema.sql was released with NOT NULL DEFAULT 5; 003 changes it there.
+           info={"released_ddl": "max_attempts INTEGER NOT NULL DEFAULT 5"}),
     _now("available_at"),
     Column("locked_by", Unicode(200), nullable=True),
     Column("locked_until", Timestamp, nullable=True),

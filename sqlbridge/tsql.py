@@ -96,9 +96,42 @@ def schema_script() -> str:
            "-- install refuses to run if this file changes after it was applied.\n"
            "-- outbox.provider has no default (a DEFAULT cannot read another column): rows that\n"
            "-- callers INSERT directly keep it NULL and the worker derives it from the operation.\n",
+           # Released with this line: it stays (an applied script never changes), harmless
+           # because install runs on a connection it discards afterwards.
+           "SET NOCOUNT ON;", GO,
            f"IF SCHEMA_ID(N'{SCHEMA}') IS NULL EXEC (N'CREATE SCHEMA {SCHEMA}');", GO]
     out += _tables_ddl(FIRST_SCRIPT)
     return "\n".join(out) + "\n"
+
+
+# Columns changed after 001_schema.sql was released: 001 keeps their released DDL, and the
+# script named here changes them on installs that applied it (and on new ones, after 001).
+MAX_ATTEMPTS_SCRIPT = "003_max_attempts_null.sql"
+
+
+def released_column_ddl(column: Any) -> str | None:
+    return column.info.get("released_ddl")
+
+
+def changed_columns_script() -> str:
+    """003: outbox.max_attempts loses its DEFAULT 5 and becomes NULL-able ("the worker's
+    setting"). The DEFAULT has a server-generated name, so it is looked up; both steps are
+    guarded, so the script also runs on an install whose column is already NULL-able."""
+    return HEADER + f"""-- Versioned: applied once, after 002. outbox.max_attempts NULL means "the worker's
+-- setting" ([worker] max_attempts), read by the worker at claim time; 001 created it NOT NULL
+-- DEFAULT 5, which made a plain INSERT disagree with Python.
+
+DECLARE @default sysname = (SELECT dc.name FROM sys.default_constraints AS dc
+    JOIN sys.columns AS c ON c.object_id = dc.parent_object_id AND c.column_id = dc.parent_column_id
+    WHERE dc.parent_object_id = OBJECT_ID(N'{SCHEMA}.outbox') AND c.name = N'max_attempts');
+IF @default IS NOT NULL
+    EXEC (N'ALTER TABLE {SCHEMA}.outbox DROP CONSTRAINT ' + @default);
+GO
+IF EXISTS (SELECT 1 FROM sys.columns WHERE object_id = OBJECT_ID(N'{SCHEMA}.outbox')
+           AND name = N'max_attempts' AND is_nullable = 0)
+    ALTER TABLE {SCHEMA}.outbox ALTER COLUMN max_attempts INTEGER NULL;
+GO
+"""
 
 
 def added_tables_script(name: str) -> str:
@@ -129,6 +162,11 @@ def _tables_ddl(script: str) -> list[str]:
     for table in metadata.sorted_tables:
         if table_script_name(table) == script:
             ddl = _tidy(str(CreateTable(table).compile(dialect=dialect)))
+            for column in table.columns:
+                released = released_column_ddl(column)
+                if released:
+                    ddl = re.sub(rf"^    {column.name} .*,$", f"    {released},", ddl,
+                                 count=1, flags=re.M)
             out.append(f"IF OBJECT_ID(N'{SCHEMA}.{table.name}', N'U') IS NULL\nBEGIN\n{ddl};"
                        "\nEND;")
             out.append(GO)
@@ -854,6 +892,7 @@ def scripts() -> dict[str, str]:
     return {
         "001_schema.sql": schema_script(),
         **added_table_scripts(),
+        MAX_ATTEMPTS_SCRIPT: changed_columns_script(),
         "engine/sqlserver.sql": HEADER + ENGINE_HEADER + ENGINE_SCRIPTS["sqlserver"],
         "engine/babelfish.sql": (HEADER + ENGINE_HEADER + ENGINE_SCRIPTS["babelfish"]
                                  + babelfish_grants()),

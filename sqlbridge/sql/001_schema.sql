@@ -6,6 +6,8 @@
 -- outbox.provider has no default (a DEFAULT cannot read another column): rows that
 -- callers INSERT directly keep it NULL and the worker derives it from the operation.
 
+SET NOCOUNT ON;
+GO
 IF SCHEMA_ID(N'sqlbridge') IS NULL EXEC (N'CREATE SCHEMA sqlbridge');
 GO
 IF OBJECT_ID(N'sqlbridge.anna_alert_counter', N'U') IS NULL
@@ -174,7 +176,7 @@ CREATE TABLE sqlbridge.outbox (
     priority INTEGER NOT NULL DEFAULT 0,
     status NVARCHAR(20) NOT NULL DEFAULT 'queued',
     attempts INTEGER NOT NULL DEFAULT 0,
-    max_attempts INTEGER NULL,
+    max_attempts INTEGER NOT NULL DEFAULT 5,
     available_at DATETIME2(3) NOT NULL DEFAULT SYSUTCDATETIME(),
     locked_by NVARCHAR(200) NULL,
     locked_until DATETIME2(3) NULL,

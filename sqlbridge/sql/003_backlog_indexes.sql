@@ -5,8 +5,6 @@
 -- release goes into a new numbered script, so installs that applied the earlier ones
 -- accept the upgrade.
 
-SET NOCOUNT ON;
-GO
 IF NOT EXISTS (SELECT 1 FROM sys.indexes WHERE name = N'ix_outbox_claim_order' AND object_id = OBJECT_ID(N'sqlbridge.outbox'))
     CREATE INDEX ix_outbox_claim_order ON sqlbridge.outbox (priority DESC, id, available_at) WHERE status = N'queued';
 GO

@@ -5,8 +5,6 @@
 -- release goes into a new numbered script, so installs that applied the earlier ones
 -- accept the upgrade.
 
-SET NOCOUNT ON;
-GO
 IF OBJECT_ID(N'sqlbridge.rate_limit_slot', N'U') IS NULL
 BEGIN
 CREATE TABLE sqlbridge.rate_limit_slot (
