@@ -592,14 +592,15 @@ class Queue:
         if not_before is not None:
             row["available_at"] = not_before
         if max_attempts is not None:
-            # Left out otherwise: NULL means "the worker's setting" (max_attempts_of).
+            # Left out otherwise: the column's 0 means "the worker's setting" (max_attempts_of).
             row["max_attempts"] = max_attempts
         return row
 
     def max_attempts_of(self, stored: int | None) -> int:
-        """A row's attempt limit: its own, or the worker's setting when it has none (NULL),
-        the one rule for rows from Python, the procedures and plain INSERTs."""
-        return stored if stored is not None else self.settings.worker.max_attempts
+        """A row's attempt limit: its own, or the worker's setting when it has none (0, the
+        column's default; NULL too), the one rule for rows from Python, the procedures and
+        plain INSERTs."""
+        return stored if stored else self.settings.worker.max_attempts
 
     def _insert(self, conn: Connection, row: dict[str, Any]) -> EnqueueResult:
         if row["request_key"] is not None:

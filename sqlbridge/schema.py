@@ -65,10 +65,11 @@ outbox = Table(
     Column("priority", Integer, nullable=False, server_default=text("0")),
     Column("status", Unicode(20), nullable=False, server_default=text("'queued'")),
     Column("attempts", Integer, nullable=False, server_default=text("0")),
-    # NULL: "the worker's setting" ([worker] max_attempts), read by the worker when it claims
-    # and recovers the row, so a plain INSERT, a procedure and Python all mean the same thing.
-    Column("max_attempts", Integer, nullable=True,
-           # 001_schema.sql was released with NOT NULL DEFAULT 5; 003 changes it there.
+    # 0 (the default): "the worker's setting" ([worker] max_attempts), read by the worker when
+    # it claims and recovers the row, so a plain INSERT, a procedure and Python all mean the
+    # same thing. Not NULL: Babelfish cannot make a released NOT NULL column NULL-able.
+    Column("max_attempts", Integer, nullable=False, server_default=text("0"),
+           # 001_schema.sql was released with DEFAULT 5; 003 changes the default there.
            info={"released_ddl": "max_attempts INTEGER NOT NULL DEFAULT 5"}),
     _now("available_at"),
     Column("locked_by", Unicode(200), nullable=True),

@@ -106,7 +106,7 @@ def schema_script() -> str:
 
 # Columns changed after 001_schema.sql was released: 001 keeps their released DDL, and the
 # script named here changes them on installs that applied it (and on new ones, after 001).
-MAX_ATTEMPTS_SCRIPT = "003_max_attempts_null.sql"
+MAX_ATTEMPTS_SCRIPT = "003_max_attempts_default.sql"
 
 
 def released_column_ddl(column: Any) -> str | None:
@@ -114,22 +114,24 @@ def released_column_ddl(column: Any) -> str | None:
 
 
 def changed_columns_script() -> str:
-    """003: outbox.max_attempts loses its DEFAULT 5 and becomes NULL-able ("the worker's
-    setting"). The DEFAULT has a server-generated name, so it is looked up; both steps are
-    guarded, so the script also runs on an install whose column is already NULL-able."""
-    return HEADER + f"""-- Versioned: applied once, after 002. outbox.max_attempts NULL means "the worker's
--- setting" ([worker] max_attempts), read by the worker at claim time; 001 created it NOT NULL
--- DEFAULT 5, which made a plain INSERT disagree with Python.
+    """003: outbox.max_attempts defaults to 0, "the worker's setting", instead of 5. SQL Server
+    allows one DEFAULT per column, so the released one (a server-generated name, looked up) is
+    dropped first; Babelfish cannot drop it by that name and replaces the column's default
+    when one is added. Guarded: it does nothing where the default is 0 already."""
+    return HEADER + f"""-- Versioned: applied once, after 002. outbox.max_attempts 0 means "the worker's setting"
+-- ([worker] max_attempts), read by the worker at claim time; 001 created it with DEFAULT 5,
+-- which made a plain INSERT disagree with Python and the procedures.
 
-DECLARE @default sysname = (SELECT dc.name FROM sys.default_constraints AS dc
+DECLARE @default sysname, @definition NVARCHAR(4000);
+SELECT @default = dc.name, @definition = dc.definition FROM sys.default_constraints AS dc
     JOIN sys.columns AS c ON c.object_id = dc.parent_object_id AND c.column_id = dc.parent_column_id
-    WHERE dc.parent_object_id = OBJECT_ID(N'{SCHEMA}.outbox') AND c.name = N'max_attempts');
-IF @default IS NOT NULL
-    EXEC (N'ALTER TABLE {SCHEMA}.outbox DROP CONSTRAINT ' + @default);
-GO
-IF EXISTS (SELECT 1 FROM sys.columns WHERE object_id = OBJECT_ID(N'{SCHEMA}.outbox')
-           AND name = N'max_attempts' AND is_nullable = 0)
-    ALTER TABLE {SCHEMA}.outbox ALTER COLUMN max_attempts INTEGER NULL;
+    WHERE dc.parent_object_id = OBJECT_ID(N'{SCHEMA}.outbox') AND c.name = N'max_attempts';
+IF @definition IS NULL OR @definition NOT IN (N'0', N'(0)', N'((0))')
+BEGIN
+    IF @default IS NOT NULL AND SERVERPROPERTY('BabelfishVersion') IS NULL
+        EXEC (N'ALTER TABLE {SCHEMA}.outbox DROP CONSTRAINT ' + @default);
+    ALTER TABLE {SCHEMA}.outbox ADD CONSTRAINT df_outbox_max_attempts DEFAULT 0 FOR max_attempts;
+END;
 GO
 """
 
@@ -466,7 +468,7 @@ def generic_procedures() -> list[str]:
         INSERT INTO {SCHEMA}.outbox (request_key, account, provider, operation, params,
             priority, max_attempts, available_at, correlation)
         VALUES (@request_key, COALESCE(@account, N'default'), {_provider_case()},
-            @operation, @params, COALESCE(@priority, 0), @max_attempts,
+            @operation, @params, COALESCE(@priority, 0), COALESCE(@max_attempts, 0),
             COALESCE(@not_before, SYSUTCDATETIME()), @correlation);
         SET @request_id = CAST(SCOPE_IDENTITY() AS BIGINT);
     END;

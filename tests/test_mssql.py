@@ -296,12 +296,12 @@ def test_a_plain_insert_gets_every_default(server: Engine) -> None:
     with server.begin() as c:
         c.execute(text(PLAIN_INSERT))
         row = c.execute(text(PLAIN_ROW)).one()
-    assert tuple(row) == ("default", "queued", 0, None)
+    assert tuple(row) == ("default", "queued", 0, 0)  # 0: the worker's max_attempts
 
 
 @needs_server
 def test_max_attempts_means_the_worker_s_setting_from_every_entry_point(server: Engine) -> None:
-    """A procedure call, a plain INSERT and Python's enqueue all store NULL unless given; the
+    """A procedure call, a plain INSERT and Python's enqueue all store 0 unless given; the
     worker reads its own setting when it claims them."""
     by_proc = run_proc(server, "EXEC sqlbridge.afilnet_chat_getchatchannels")
     own = run_proc(server, tsql("EXEC sqlbridge.afilnet_chat_getchatchannels "
@@ -311,8 +311,8 @@ def test_max_attempts_means_the_worker_s_setting_from_every_entry_point(server: 
     queue = Queue(server, Settings(database_url=MSSQL_URL or "",
                                    worker=dataclasses.replace(FAST_WORKER, max_attempts=7)))
     by_python = queue.enqueue("chat.getchatchannels", {}).id
-    assert outbox_row(server, by_proc).max_attempts is None
-    assert outbox_row(server, by_python).max_attempts is None
+    assert outbox_row(server, by_proc).max_attempts == 0
+    assert outbox_row(server, by_python).max_attempts == 0
     limits = {c.id: c.max_attempts for c in queue.claim("w", 10, 30)}
     assert len(limits) == 4 and limits[own] == 2
     assert {v for k, v in limits.items() if k != own} == {7}

@@ -207,7 +207,7 @@ def test_max_attempts_means_the_same_from_every_entry_point(queue: Queue) -> Non
     with queue.engine.begin() as conn:
         conn.execute(insert(outbox).values(operation="chat.getchatchannels", params="{}"))
         stored = dict(conn.execute(select(outbox.c.id, outbox.c.max_attempts)).all())
-    assert stored[default] is None and stored[own] == 2 and list(stored.values()).count(None) == 2
+    assert stored[default] == 0 and stored[own] == 2 and list(stored.values()).count(0) == 2
     later = Queue(queue.engine, dataclasses.replace(
         queue.settings, worker=dataclasses.replace(queue.settings.worker, max_attempts=9)))
     limits = {c.id: c.max_attempts for c in later.claim("w", 10, 30)}

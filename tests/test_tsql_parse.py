@@ -630,18 +630,19 @@ def test_params_json_is_built_without_string_escape() -> None:
     assert "(SELECT @message AS [message] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)" in body
 
 
-def test_max_attempts_is_null_unless_given_on_every_entry_point() -> None:
+def test_max_attempts_is_0_unless_given_on_every_entry_point() -> None:
+    """0 means "the worker's setting": the column's default, what the procedures store for
+    NULL, and what Python leaves to the default."""
     from sqlbridge.schema import outbox
     column = outbox.c.max_attempts
-    assert column.nullable and column.server_default is None
+    assert not column.nullable and column.server_default.arg.text == "0"
     enqueue = procedure_body("enqueue")
-    assert "COALESCE(@max_attempts" not in enqueue and "@max_attempts," in enqueue
-    # 001 keeps its released DDL; 003 makes the column NULL-able, without a DEFAULT.
+    assert "COALESCE(@max_attempts, 0)" in enqueue and "COALESCE(@max_attempts, 5)" not in enqueue
+    # 001 keeps its released DDL; 003 changes the default on every engine.
     assert "max_attempts INTEGER NOT NULL DEFAULT 5," in \
         (SQL / "001_schema.sql").read_text(encoding="utf-8")
     later = (SQL / tsql.MAX_ATTEMPTS_SCRIPT).read_text(encoding="utf-8")
-    assert "DROP CONSTRAINT" in later and "ALTER COLUMN max_attempts INTEGER NULL" in later
-    assert install.is_versioned(tsql.MAX_ATTEMPTS_SCRIPT)
+    assert "DEFAULT 0 FOR max_attempts" in later and install.is_versioned(tsql.MAX_ATTEMPTS_SCRIPT)
 
 
 def test_install_leaves_no_session_setting_behind() -> None:

@@ -46,7 +46,7 @@ BEGIN
         INSERT INTO sqlbridge.outbox (request_key, account, provider, operation, params,
             priority, max_attempts, available_at, correlation)
         VALUES (@request_key, COALESCE(@account, N'default'), CASE @operation WHEN N'chat.getchatchannels' THEN N'afilnet' WHEN N'chat.sendmessage' THEN N'afilnet' WHEN N'chat.sendfile' THEN N'afilnet' WHEN N'chat.getchats' THEN N'afilnet' WHEN N'chat.getmessages' THEN N'afilnet' WHEN N'chat.getunreadmessages' THEN N'afilnet' WHEN N'user.userhash' THEN N'anna' WHEN N'user.userhashforced' THEN N'anna' WHEN N'user.inactivate' THEN N'anna' WHEN N'messenger.structure' THEN N'anna' WHEN N'messenger.alertcounter' THEN N'anna' WHEN N'messenger.requests' THEN N'anna' WHEN N'messenger.link' THEN N'anna' WHEN N'http.request' THEN N'http' ELSE N'afilnet' END,
-            @operation, @params, COALESCE(@priority, 0), @max_attempts,
+            @operation, @params, COALESCE(@priority, 0), COALESCE(@max_attempts, 0),
             COALESCE(@not_before, SYSUTCDATETIME()), @correlation);
         SET @request_id = CAST(SCOPE_IDENTITY() AS BIGINT);
     END;
