@@ -8,7 +8,6 @@ import dataclasses
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
 
 import pytest
 from sqlalchemy import func, insert, select, update
@@ -19,6 +18,7 @@ from sqlbridge.delivery import Reach, Verdict
 from sqlbridge.queue import Queue, mssql_statements
 from sqlbridge.sandbox import Sandbox
 from sqlbridge.schema import outbox, sync_schedule
+from sqlbridge.sqlfuncs import utcnow
 from sqlbridge.worker import Worker
 
 CHAT = {"platform": "whatsapp", "platformid": "100"}
@@ -192,17 +192,19 @@ def test_a_huge_retry_after_is_clamped_to_backoff_max_and_said(live: Settings, s
 def _claim_and_expire(queue: Queue) -> None:
     assert queue.claim("dead-worker", 10, 30)
     with queue.engine.begin() as c:
-        c.execute(update(outbox).values(locked_until=outbox.c.created_at - timedelta(hours=1)))
+        # The server's clock, an hour back (datetime minus an interval is not T-SQL).
+        c.execute(update(outbox).values(locked_until=utcnow(-3600)))
 
 
 def test_recovery_fails_an_invalid_row_with_its_validation_code_not_uncertain(
         queue: Queue) -> None:
     with queue.engine.begin() as c:
-        c.execute(insert(outbox).values(operation="chat.sendmessage",
-                                        params='{"platform": "sms", "platformid": "1"}'))
+        rid = c.execute(insert(outbox).values(
+            operation="chat.sendmessage", params='{"platform": "sms", "platformid": "1"}')
+            .returning(outbox.c.id)).scalar_one()  # no id is assumed: SQL Server's go on
     _claim_and_expire(queue)
     assert queue.recover_expired() == {"queued": 0, "failed": 1, "uncertain": 0}
-    row = queue.get(1)
+    row = queue.get(rid)
     assert row["status"] == "failed" and row["error_code"] == "INVALID_PARAM_VALUE"
 
 
