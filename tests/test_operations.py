@@ -369,8 +369,15 @@ def test_doctor_fails_a_schema_that_needs_an_upgrade(db_url: str, engine: Engine
     from sqlbridge.schema import schema_version
 
     with engine.begin() as c:
+        saved = c.execute(select(schema_version.c.version, schema_version.c.checksum)).all()
         c.execute(update(schema_version).values(checksum="0" * 64))
-    code, out, _ = run("doctor", "--database-url", db_url)
+    try:
+        code, out, _ = run("doctor", "--database-url", db_url)
+    finally:  # a SQL Server database is shared by the tests that follow: put it back
+        with engine.begin() as c:
+            for version, digest in saved:
+                c.execute(update(schema_version).where(schema_version.c.version == version)
+                          .values(checksum=digest))
     assert code == 1 and "[fail] schema version:" in out and "run sqlbridge install" in out
 
 
