@@ -69,7 +69,7 @@ outbox = Table(
     # it claims and recovers the row, so a plain INSERT, a procedure and Python all mean the
     # same thing. Not NULL: Babelfish cannot make a released NOT NULL column NULL-able.
     Column("max_attempts", Integer, nullable=False, server_default=text("0"),
-           # 001_schema.sql was released with DEFAULT 5; 003 changes the default there.
+           # 001_schema.sql was released with DEFAULT 5; 005 changes the default there.
            info={"released_ddl": "max_attempts INTEGER NOT NULL DEFAULT 5"}),
     _now("available_at"),
     Column("locked_by", Unicode(200), nullable=True),

@@ -106,7 +106,7 @@ def schema_script() -> str:
 
 # Columns changed after 001_schema.sql was released: 001 keeps their released DDL, and the
 # script named here changes them on installs that applied it (and on new ones, after 001).
-MAX_ATTEMPTS_SCRIPT = "003_max_attempts_default.sql"
+MAX_ATTEMPTS_SCRIPT = "005_max_attempts_default.sql"
 
 
 def released_column_ddl(column: Any) -> str | None:
@@ -114,11 +114,11 @@ def released_column_ddl(column: Any) -> str | None:
 
 
 def changed_columns_script() -> str:
-    """003: outbox.max_attempts defaults to 0, "the worker's setting", instead of 5. SQL Server
+    """005: outbox.max_attempts defaults to 0, "the worker's setting", instead of 5. SQL Server
     allows one DEFAULT per column, so the released one (a server-generated name, looked up) is
     dropped first; Babelfish cannot drop it by that name and replaces the column's default
     when one is added. Guarded: it does nothing where the default is 0 already."""
-    return HEADER + f"""-- Versioned: applied once, after 002. outbox.max_attempts 0 means "the worker's setting"
+    return HEADER + f"""-- Versioned: applied once, after 004. outbox.max_attempts 0 means "the worker's setting"
 -- ([worker] max_attempts), read by the worker at claim time; 001 created it with DEFAULT 5,
 -- which made a plain INSERT disagree with Python and the procedures.
 

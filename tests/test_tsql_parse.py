@@ -638,7 +638,7 @@ def test_max_attempts_is_0_unless_given_on_every_entry_point() -> None:
     assert not column.nullable and column.server_default.arg.text == "0"
     enqueue = procedure_body("enqueue")
     assert "COALESCE(@max_attempts, 0)" in enqueue and "COALESCE(@max_attempts, 5)" not in enqueue
-    # 001 keeps its released DDL; 003 changes the default on every engine.
+    # 001 keeps its released DDL; 005 changes the default on every engine.
     assert "max_attempts INTEGER NOT NULL DEFAULT 5," in \
         (SQL / "001_schema.sql").read_text(encoding="utf-8")
     later = (SQL / tsql.MAX_ATTEMPTS_SCRIPT).read_text(encoding="utf-8")
