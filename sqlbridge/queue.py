@@ -591,9 +591,9 @@ class Queue:
         }
         if not_before is not None:
             row["available_at"] = not_before
-        if max_attempts is not None:
-            # Left out otherwise: the column's 0 means "the worker's setting" (max_attempts_of).
-            row["max_attempts"] = max_attempts
+        # 0: "the worker's setting" (max_attempts_of), stored explicitly so an old SQLite
+        # file whose column still defaults to 5 means the same.
+        row["max_attempts"] = max_attempts if max_attempts is not None else 0
         return row
 
     def max_attempts_of(self, stored: int | None) -> int:
