@@ -469,3 +469,41 @@ def test_the_depth_limit_refuses_json_deeper_than_it() -> None:
     assert parse_json(_json_response(b'{"a":' * n + b"1" + b"}" * n))
     with pytest.raises(ValueError, match="nested too deeply"):  # the parser's own limit
         parse_json(_json_response(b"[" * 100_000 + b"]" * 100_000))
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.parametrize(("column", "value"), [
+    ("priority", "'high'"), ("priority", "X'00'"), ("attempts", "9223372036854775807"),
+    ("max_attempts", "'x'"), ("max_attempts", "1e400"),
+])
+def test_a_row_whose_numbers_are_not_numbers_is_failed_alone_and_its_batch_is_sent(
+        live: Settings, queue: Queue, column: str, value: str) -> None:
+    # SQLite keeps 'high' in an INTEGER column. Failing after the claim committed left the
+    # whole batch 'processing', and lease recovery then made its sends 'uncertain'.
+    send = {**CHAT, "destination": "34600000001", "message": "m"}
+    before = queue.enqueue("chat.sendmessage", send).id
+    with queue.engine.begin() as c:
+        c.execute(text(f"INSERT INTO outbox (account, operation, params, {column}) VALUES "
+                       f"('default', 'chat.getchatchannels', '{{}}', {value})"))
+        poison = c.execute(text("SELECT max(id) FROM outbox")).scalar()
+    after = queue.enqueue("chat.sendmessage", {**send, "destination": "34600000002"}).id
+    run(live, queue)
+    assert queue.get(before)["status"] == "succeeded"
+    assert queue.get(after)["status"] == "succeeded"
+    with queue.engine.connect() as c:
+        status, code = c.execute(select(outbox.c.status, outbox.c.error_code)
+                                 .where(outbox.c.id == poison)).one()
+    assert (status, code) == ("failed", "UNREADABLE_ROW")
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.parametrize("column", ["attempts", "max_attempts"])
+def test_lease_recovery_fails_a_row_whose_counts_are_not_numbers(
+        live: Settings, queue: Queue, column: str) -> None:
+    with queue.engine.begin() as c:
+        c.execute(text(f"INSERT INTO outbox (account, operation, params, status, {column}) "
+                       "VALUES ('default', 'chat.getchatchannels', '{}', 'processing', 'x')"))
+    assert Queue(queue.engine, live).recover_expired()["failed"] == 1
+    with queue.engine.connect() as c:
+        assert c.execute(select(outbox.c.status, outbox.c.error_code)).one() == (
+            "failed", "UNREADABLE_ROW")
