@@ -507,3 +507,28 @@ def test_lease_recovery_fails_a_row_whose_counts_are_not_numbers(
     with queue.engine.connect() as c:
         assert c.execute(select(outbox.c.status, outbox.c.error_code)).one() == (
             "failed", "UNREADABLE_ROW")
+
+
+def two_lengths(h: BaseHTTPRequestHandler) -> None:
+    h.send_response(200)
+    h.send_header("Content-Length", "2")
+    h.send_header("Content-Length", "5")
+    h.end_headers()
+    h.wfile.write(b"{}")
+
+
+@pytest.mark.parametrize(("operation", "params", "status", "requests"), [
+    ("chat.getchatchannels", {}, "failed", 2),
+    ("chat.sendmessage", {**CHAT, "destination": "34600000001", "message": "m"}, "uncertain", 1),
+])
+def test_an_answer_whose_headers_urllib3_refuses_was_still_sent(
+        live: Settings, hostile: Hostile, queue: Queue, operation: str,
+        params: dict[str, str], status: str, requests: int) -> None:
+    # urllib3 raises InvalidHeader for the *answer*; it was once reported as "the request
+    # cannot be sent" (INVALID_REQUEST, failed), so a delivered send looked safe to retry.
+    hostile.behaviour = two_lengths
+    rid = queue.enqueue(operation, params, max_attempts=2).id
+    run(pointed_at(live, hostile.url), queue)
+    row = queue.get(rid)
+    assert (row["status"], row["error_code"]) == (status, "PROTOCOL_ERROR"), row
+    assert hostile.requests == requests
