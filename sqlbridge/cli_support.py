@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import re
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -277,6 +278,9 @@ class FiniteFloat(click.ParamType):
         self.low, self.high, self.low_open = low, high, low_open
 
     def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        if isinstance(value, str) and not _ASCII_NUMBER.match(value):
+            self.fail(f"{value!r} is not a number (digits 0-9, a point, an exponent)",
+                      param, ctx)
         try:
             number = float(value)
         except (TypeError, ValueError, OverflowError):
@@ -289,9 +293,30 @@ class FiniteFloat(click.ParamType):
         return number
 
 
+# Python's int() and float() read any script's digits ('٣' is 3) and underscores ('1_000'):
+# a command-line number is ASCII digits only, so what an operator typed is what is used.
+_ASCII_INT = re.compile(r"\A\s*[+-]?[0-9]+\s*\Z", re.ASCII)
+_ASCII_NUMBER = re.compile(r"\A\s*[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\s*\Z"
+                           r"|\A\s*[+-]?(?:inf|infinity|nan)\s*\Z", re.ASCII | re.IGNORECASE)
+BIGINT_MAX = 2**63 - 1
+
+
+class Whole(click.IntRange):
+    """A whole number in ``[low, high]`` written in ASCII digits; the bounds are always set, so
+    a value no database column holds is a usage error, not a driver traceback."""
+
+    def __init__(self, low: int, high: int = BIGINT_MAX) -> None:
+        super().__init__(low, high)
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if isinstance(value, str) and not _ASCII_INT.match(value):
+            self.fail(f"{value!r} is not a whole number (digits 0-9)", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 # An id is a BIGINT; a priority an INT: larger numbers are usage errors, not driver tracebacks.
-REQUEST_ID = click.IntRange(1, 2**63 - 1)
-PRIORITY = click.IntRange(-(2**31), 2**31 - 1)
+REQUEST_ID = Whole(1, BIGINT_MAX)
+PRIORITY = Whole(-(2**31), 2**31 - 1)
 
 
 class OneLineErrors(click.Group):

@@ -20,6 +20,7 @@ from .cli_support import (
     EXIT_USAGE,
     REQUEST_ID,
     Context,
+    Whole,
     _jsonable,
     _print_json,
     _table,
@@ -38,7 +39,7 @@ def metrics_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                       help="Seconds between reads of the queue figures from the database.")(fn)
     fn = click.option("--metrics-bind", default="127.0.0.1", show_default=True,
                       help="Address the metrics endpoint listens on.")(fn)
-    return click.option("--metrics-port", type=click.IntRange(0, 65535),
+    return click.option("--metrics-port", type=Whole(0, 65535),
                         help="Serve /metrics (Prometheus), /healthz and /readyz on this port "
                              "(0: any free port, logged).")(fn)
 
@@ -152,7 +153,7 @@ REDRAW = "\x1b[H\x1b[J"
 @click.option("--watch", is_flag=True, help="Refresh until interrupted (Ctrl-C).")
 @click.option("--interval", type=click.FloatRange(0.05, 3600), default=2.0, show_default=True,
               help="Seconds between refreshes with --watch.")
-@click.option("--count", type=click.IntRange(1), help="With --watch: stop after this many "
+@click.option("--count", type=Whole(1), help="With --watch: stop after this many "
               "refreshes.")
 @common
 def status(ctx: Context, as_json: bool, watch: bool, interval: float,
@@ -187,8 +188,8 @@ def status(ctx: Context, as_json: bool, watch: bool, interval: float,
 
 @click.command("list")
 @filter_options
-@click.option("--limit", type=click.IntRange(1, oa.MAX_LIMIT), default=50, show_default=True)
-@click.option("--offset", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--limit", type=Whole(1, oa.MAX_LIMIT), default=50, show_default=True)
+@click.option("--offset", type=Whole(0), default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @common
 def list_command(ctx: Context, limit: int, offset: int, as_json: bool, **opts: Any) -> None:
@@ -270,7 +271,7 @@ cancel = _action_command(
 
 
 @click.command()
-@click.option("--limit", type=click.IntRange(1, oa.MAX_LIMIT), default=20, show_default=True)
+@click.option("--limit", type=Whole(1, oa.MAX_LIMIT), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @common
 def actions(ctx: Context, limit: int, as_json: bool) -> None:

@@ -245,3 +245,23 @@ def test_purge_on_a_terminal_asks_first(url: str) -> None:
         assert proc.returncode == 0 and says in out.decode(), err
         assert b"delete 1 requests older than 30d (succeeded 1)?" in err
         assert sum(q.summary()["by_status"].values()) == left
+
+
+@pytest.mark.parametrize("args", [
+    ["list", "--offset", str(2**70)],  # a traceback (OverflowError from the driver)
+    ["show", "٣"], ["retry", "٣"], ["cancel", "1_000"],  # int() reads any script's digits
+    ["enqueue", *SEND, "-p", "message=x", "--priority", "٣"],
+    ["enqueue", *SEND, "-p", "message=x", "--wait", "--timeout", "٣"],
+    ["list", "--since", "٣d"], ["purge", "--older-than", "٣d", "--dry-run"],
+])
+def test_numbers_are_ascii_digits_in_the_columns_range(url: str, args: list[str]) -> None:
+    code, out, err = run(*args, "--database-url", url)
+    assert code in (EXIT_USAGE, EXIT_INVALID), (code, out, err)
+    one_line(err)
+    assert Queue(make_engine(url)).summary()["by_status"] == {}
+
+
+@pytest.mark.parametrize("port", ["99999", "-1"])
+def test_a_sandbox_port_out_of_range_is_a_usage_error(port: str) -> None:
+    code, _, err = run("sandbox", "--port", port)
+    assert code == EXIT_USAGE and "port" in one_line(err)
