@@ -222,23 +222,31 @@ def _check_text(value: Any, where: str) -> None:
             _check_text(v, where)
 
 
+# The most ``--json @FILE`` / ``--json -`` reads: far above any message a vendor accepts, and
+# a bound on the memory of ``--json @/dev/zero`` or an endless pipe (which once grew to GBs).
+MAX_JSON_BYTES = 16 * 1024 * 1024
+
+
 def _read_json_source(json_text: str) -> str:
     """``--json TEXT``, ``--json @FILE`` or ``--json -`` (stdin): argv holds at most 128 KiB
-    per argument, so long messages come from a file or a pipe."""
+    per argument, so long messages come from a file or a pipe; at most MAX_JSON_BYTES."""
     if json_text == "-":
-        data = sys.stdin.buffer.read()
+        data = sys.stdin.buffer.read(MAX_JSON_BYTES + 1)
         where = "--json - (standard input)"
     elif json_text.startswith("@"):
         path = json_text[1:]
         try:
             with open(path, "rb") as f:
-                data = f.read()
+                data = f.read(MAX_JSON_BYTES + 1)
         except OSError as exc:
             raise UsageError(f"--json {json_text}: cannot read the file ({exc.strerror})") \
                 from None
         where = f"--json {json_text}"
     else:
         return json_text
+    if len(data) > MAX_JSON_BYTES:
+        raise UsageError(f"{where[:80]} is larger than {MAX_JSON_BYTES // (1024 * 1024)} MiB; "
+                         "parameters that large are refused")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:

@@ -265,3 +265,27 @@ def test_numbers_are_ascii_digits_in_the_columns_range(url: str, args: list[str]
 def test_a_sandbox_port_out_of_range_is_a_usage_error(port: str) -> None:
     code, _, err = run("sandbox", "--port", port)
     assert code == EXIT_USAGE and "port" in one_line(err)
+
+
+def _memory_cap() -> None:
+    import resource
+
+    cap = 1024 * 1024 * 1024  # 1 GiB: the unbounded read once grew past 9 GB in 20 s
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+
+@pytest.mark.parametrize("source", ["@/dev/zero", "-"])
+def test_json_from_an_endless_file_or_pipe_is_refused_at_a_size_bound(url: str,
+                                                                     source: str) -> None:
+    stdin = subprocess.DEVNULL
+    if source == "-":
+        stdin = open("/dev/zero", "rb")  # noqa: SIM115 - an endless pipe
+    try:
+        proc = subprocess.run([sys.executable, "-m", "sqlbridge", "enqueue", "chat.getchats",
+                               "--json", source, "--database-url", url], stdin=stdin,
+                              capture_output=True, timeout=120, preexec_fn=_memory_cap)
+    finally:
+        if stdin is not subprocess.DEVNULL:
+            stdin.close()
+    assert proc.returncode == EXIT_USAGE, proc.stderr[-500:]
+    assert "larger than 16 MiB" in one_line(proc.stderr.decode())
