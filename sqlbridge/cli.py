@@ -182,7 +182,7 @@ def _show_row(row: dict[str, Any], as_json: bool) -> None:
 @main.command()
 @click.argument("request_id", type=REQUEST_ID)
 @click.option("--json", "as_json", is_flag=True)
-@common
+@common(lenient_text=True)
 def show(ctx: Context, request_id: int, as_json: bool) -> None:
     """One request with its attempts."""
     _show_row(ctx.queue.get(request_id, with_attempts=True), as_json)

@@ -52,9 +52,10 @@ class Context:
     by a command that only reads or queues."""
 
     def __init__(self, database_url: str | None, config_path: str | None, *,
-                 need_schema: bool = True) -> None:
+                 need_schema: bool = True, lenient_text: bool = False) -> None:
         self.settings = config_mod.load(config_path).with_database_url(database_url)
         self.need_schema = need_schema
+        self.lenient_text = lenient_text
         self._queue: Queue | None = None
 
     @property
@@ -62,7 +63,7 @@ class Context:
         if self._queue is None:
             from .dbcheck import first_contact
 
-            engine = make_engine(self.settings.database_url)
+            engine = make_engine(self.settings.database_url, lenient_text=self.lenient_text)
             first_contact(engine, need_schema=self.need_schema)
             self._queue = Queue(engine, self.settings)
         return self._queue
@@ -73,12 +74,15 @@ class Context:
 
 
 def common(fn: Callable[..., Any] | None = None, *,
-           need_schema: bool = True) -> Callable[..., Any]:
+           need_schema: bool = True, lenient_text: bool = False) -> Callable[..., Any]:
     """Add --database-url/--config and turn sqlbridge errors into one line + exit code.
 
-    ``need_schema=False`` for the commands that run before ``install`` (install, doctor)."""
+    ``need_schema=False`` for the commands that run before ``install`` (install, doctor).
+    ``lenient_text=True`` for the commands that only show or move rows by id (status, list,
+    show, retry, cancel, actions): a row holding text that is not UTF-8 must not hide every
+    other row from the operator (see ``db.make_engine``)."""
     if fn is None:
-        return functools.partial(common, need_schema=need_schema)
+        return functools.partial(common, need_schema=need_schema, lenient_text=lenient_text)
 
     @click.option("--config", "config_path", type=click.Path(dir_okay=False),
                   help="TOML settings file (default: ./sqlbridge.toml when present).")
@@ -91,7 +95,8 @@ def common(fn: Callable[..., Any] | None = None, *,
 
         ctx: Context | None = None
         try:
-            ctx = Context(database_url, config_path, need_schema=need_schema)
+            ctx = Context(database_url, config_path, need_schema=need_schema,
+                          lenient_text=lenient_text)
             return fn(ctx, *args, **kwargs)
         except ConfigError as exc:
             _fail(exc, EXIT_CONFIG)

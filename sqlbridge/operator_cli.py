@@ -155,7 +155,7 @@ REDRAW = "\x1b[H\x1b[J"
               help="Seconds between refreshes with --watch.")
 @click.option("--count", type=Whole(1), help="With --watch: stop after this many "
               "refreshes.")
-@common
+@common(lenient_text=True)
 def status(ctx: Context, as_json: bool, watch: bool, interval: float,
            count: int | None) -> None:
     """Counts by status and operation, queue health, oldest queued age, recent failures."""
@@ -191,7 +191,7 @@ def status(ctx: Context, as_json: bool, watch: bool, interval: float,
 @click.option("--limit", type=Whole(1, oa.MAX_LIMIT), default=50, show_default=True)
 @click.option("--offset", type=Whole(0), default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-@common
+@common(lenient_text=True)
 def list_command(ctx: Context, limit: int, offset: int, as_json: bool, **opts: Any) -> None:
     """Requests matching filters, newest first, a page at a time."""
     page = oa.list_requests(ctx.engine, _selection(None, opts), limit=limit, offset=offset)
@@ -273,7 +273,7 @@ cancel = _action_command(
 @click.command()
 @click.option("--limit", type=Whole(1, oa.MAX_LIMIT), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-@common
+@common(lenient_text=True)
 def actions(ctx: Context, limit: int, as_json: bool) -> None:
     """The latest bulk and single retry/cancel actions: who, when, what filter, how many."""
     rows = oa.history(ctx.engine, limit)

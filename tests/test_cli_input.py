@@ -289,3 +289,20 @@ def test_json_from_an_endless_file_or_pipe_is_refused_at_a_size_bound(url: str,
             stdin.close()
     assert proc.returncode == EXIT_USAGE, proc.stderr[-500:]
     assert "larger than 16 MiB" in one_line(proc.stderr.decode())
+
+
+@pytest.mark.parametrize("args", [["status"], ["status", "--json"], ["list"], ["list", "--json"],
+                                  ["show", "1"], ["show", "1", "--json"], ["actions"]])
+def test_the_operators_views_show_a_row_whose_text_is_not_utf8(url: str,
+                                                              args: list[str]) -> None:
+    # One such row made status, list and show fail with exit 7 ("the database could not be
+    # reached"), for good: the worker fails the row but its bytes stay.
+    with make_engine(url).begin() as c:
+        c.exec_driver_sql(
+            "INSERT INTO outbox (account, operation, params, status, error_code, "
+            "error_message, finished_at) VALUES ('default', CAST(X'6368FF' AS TEXT), "
+            "CAST(X'7B2261223A22C3FF227D' AS TEXT), 'failed', 'UNREADABLE_ROW', "
+            "CAST(X'FF' AS TEXT), '2020-01-01 00:00:00')")
+    code, out, err = run(*args, "--database-url", url)
+    assert code == 0, err
+    assert args[0] == "actions" or "\ufffd" in out
