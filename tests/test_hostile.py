@@ -532,3 +532,18 @@ def test_an_answer_whose_headers_urllib3_refuses_was_still_sent(
     row = queue.get(rid)
     assert (row["status"], row["error_code"]) == (status, "PROTOCOL_ERROR"), row
     assert hostile.requests == requests
+
+
+def test_a_password_echoed_in_an_error_code_is_masked_though_upper_cased(
+        live: Settings, hostile: Hostile, queue: Queue) -> None:
+    # Afilnet's error codes are read upper-cased: the echo became 'SANDBOX-PASS-…' in
+    # error_message, which the case-sensitive scrubber did not recognise.
+    settings = pointed_at(live, hostile.url)
+    secret = settings.account("default").afilnet.password.reveal()
+    hostile.behaviour = lambda h: answer(
+        h, 200, json.dumps({"status": "error", "error": f"bad {secret} here"}).encode())
+    rid = queue.enqueue("chat.getchatchannels", {}, max_attempts=1).id
+    run(settings, queue)
+    row = queue.get(rid, with_attempts=True)
+    assert row["status"] == "failed"
+    assert secret.lower() not in json.dumps(row, default=str).lower()
