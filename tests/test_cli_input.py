@@ -306,3 +306,14 @@ def test_the_operators_views_show_a_row_whose_text_is_not_utf8(url: str,
     code, out, err = run(*args, "--database-url", url)
     assert code == 0, err
     assert args[0] == "actions" or "\ufffd" in out
+
+
+@pytest.mark.parametrize("value", ["1e400", "-1e400", "NaN", "Infinity"])
+def test_a_json_number_that_is_not_finite_is_refused_not_sent_as_inf(url: str,
+                                                                     value: str) -> None:
+    # json.loads reads 1e400 as inf; the text parameter was then queued as "inf".
+    code, _, err = run("enqueue", "chat.getchats", "--json",
+                       '{"platform": "whatsapp", "platformid": ' + value + "}",
+                       "--database-url", url)
+    assert code == EXIT_INVALID and "INVALID_PARAM_TYPE" in one_line(err)
+    assert Queue(make_engine(url)).summary()["by_status"] == {}
