@@ -242,7 +242,7 @@ def purge(ctx: Context, older_than: str, statuses: tuple[str, ...], dry_run: boo
 @click.option("--lease", type=FiniteFloat(0, 86400, low_open=True),
               help="Lease length, seconds.")
 @click.option("--no-schedules", is_flag=True, help="Do not run due schedules.")
-@click.option("--grace", type=click.FloatRange(0, 86400), default=30.0, show_default=True,
+@click.option("--grace", type=FiniteFloat(0, 86400), default=30.0, show_default=True,
               help="Seconds calls in flight get to finish after SIGTERM/SIGINT; then the "
                    "worker exits and leaves their rows to lease recovery.")
 @click.option("--log-level", default="INFO", show_default=True,

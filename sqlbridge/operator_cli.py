@@ -20,6 +20,7 @@ from .cli_support import (
     EXIT_USAGE,
     REQUEST_ID,
     Context,
+    FiniteFloat,
     Whole,
     _jsonable,
     _print_json,
@@ -34,7 +35,7 @@ from .schema import STATUSES
 
 def metrics_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """--metrics-port/--metrics-bind/--metrics-queue-interval for ``sqlbridge worker``."""
-    fn = click.option("--metrics-queue-interval", type=click.FloatRange(1, 3600), default=30.0,
+    fn = click.option("--metrics-queue-interval", type=FiniteFloat(1, 3600), default=30.0,
                       show_default=True,
                       help="Seconds between reads of the queue figures from the database.")(fn)
     fn = click.option("--metrics-bind", default="127.0.0.1", show_default=True,
@@ -151,7 +152,7 @@ REDRAW = "\x1b[H\x1b[J"
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (with --watch: one object "
               "per line).")
 @click.option("--watch", is_flag=True, help="Refresh until interrupted (Ctrl-C).")
-@click.option("--interval", type=click.FloatRange(0.05, 3600), default=2.0, show_default=True,
+@click.option("--interval", type=FiniteFloat(0.05, 3600), default=2.0, show_default=True,
               help="Seconds between refreshes with --watch.")
 @click.option("--count", type=Whole(1), help="With --watch: stop after this many "
               "refreshes.")

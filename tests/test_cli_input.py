@@ -317,3 +317,13 @@ def test_a_json_number_that_is_not_finite_is_refused_not_sent_as_inf(url: str,
                        "--database-url", url)
     assert code == EXIT_INVALID and "INVALID_PARAM_TYPE" in one_line(err)
     assert Queue(make_engine(url)).summary()["by_status"] == {}
+
+
+@pytest.mark.parametrize("args", [
+    ["worker", "--once", "--grace", "nan"],  # accepted: a NaN grace never ends
+    ["status", "--watch", "--interval", "nan", "--count", "1"],  # time.sleep(nan) traceback
+    ["sandbox", "--latency-ms", "nan"], ["sandbox", "--error-rate", "nan"],
+])
+def test_a_nan_duration_or_rate_is_a_usage_error(url: str, args: list[str]) -> None:
+    code, _, err = run(*args, "--database-url", url) if args[0] != "sandbox" else run(*args)
+    assert code == EXIT_USAGE and "nan" in one_line(err)
