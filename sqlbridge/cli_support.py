@@ -108,6 +108,14 @@ def common(fn: Callable[..., Any] | None = None, *,
             _fail(exc, EXIT_DATABASE)
         except SqlbridgeError as exc:
             _fail(exc, EXIT_NOT_SUCCEEDED)
+        except (TypeError, ValueError) as exc:
+            if not _stored_value_unreadable(exc):
+                raise
+            click.echo(printable(f"error: UNREADABLE_ROW: a stored value cannot be read "
+                                 f"({type(exc).__name__}: {str(exc)[:120]}); a row was "
+                                 "written by hand with a value of the wrong type: fix or "
+                                 "delete it"), err=True)
+            sys.exit(EXIT_NOT_SUCCEEDED)
         except DBAPIError as exc:
             url = ctx.settings.database_url if ctx else database_url
             found = classify(exc, url)
@@ -117,6 +125,18 @@ def common(fn: Callable[..., Any] | None = None, *,
             sys.exit(EXIT_DATABASE)
 
     return wrapper
+
+
+def _stored_value_unreadable(exc: BaseException) -> bool:
+    """True when SQLAlchemy failed converting a value it read (bytes in a SQLite timestamp
+    column): the row's fault, not a bug, so one line instead of a traceback."""
+    tb = exc.__traceback__
+    while tb is not None:
+        name = tb.tb_frame.f_code.co_filename.replace("\\", "/")
+        if "sqlalchemy/engine/" in name and ("processors" in name or "result" in name):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _one_line(exc: BaseException) -> str:

@@ -327,3 +327,13 @@ def test_a_json_number_that_is_not_finite_is_refused_not_sent_as_inf(url: str,
 def test_a_nan_duration_or_rate_is_a_usage_error(url: str, args: list[str]) -> None:
     code, _, err = run(*args, "--database-url", url) if args[0] != "sandbox" else run(*args)
     assert code == EXIT_USAGE and "nan" in one_line(err)
+
+
+@pytest.mark.parametrize("args", [["show", "1"], ["show", "1", "--json"], ["list"], ["status"]])
+def test_a_time_column_holding_bytes_is_one_line_not_a_traceback(url: str,
+                                                                 args: list[str]) -> None:
+    with make_engine(url).begin() as c:
+        c.exec_driver_sql("INSERT INTO outbox (account, operation, params, status, "
+                          "finished_at) VALUES ('x', 'chat.getchats', '{}', 'uncertain', X'FF')")
+    code, _, err = run(*args, "--database-url", url)
+    assert code == 1 and "UNREADABLE_ROW" in one_line(err)
