@@ -609,6 +609,10 @@ class Queue:
         if request_key is not None and not 1 <= len(request_key) <= 200:
             raise ValidationError("request_key must be 1 to 200 characters",
                                   code="INVALID_ARGUMENT", param="request_key")
+        if correlation is not None and len(correlation) > 400:
+            # The column is NVARCHAR(400): SQLite would keep more, SQL Server refuse the row.
+            raise ValidationError("correlation must be at most 400 characters",
+                                  code="INVALID_ARGUMENT", param="correlation")
         if isinstance(priority, bool) or not isinstance(priority, int) \
                 or not PRIORITY_MIN <= priority <= PRIORITY_MAX:
             raise ValidationError(f"priority must be a whole number from {PRIORITY_MIN} to "

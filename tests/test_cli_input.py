@@ -337,3 +337,11 @@ def test_a_time_column_holding_bytes_is_one_line_not_a_traceback(url: str,
                           "finished_at) VALUES ('x', 'chat.getchats', '{}', 'uncertain', X'FF')")
     code, _, err = run(*args, "--database-url", url)
     assert code == 1 and "UNREADABLE_ROW" in one_line(err)
+
+
+def test_a_correlation_longer_than_its_column_is_refused(url: str) -> None:
+    # NVARCHAR(400): SQLite stored 5,000 characters; SQL Server refuses the row.
+    code, _, err = run("enqueue", "chat.getchats", "-p", "platform=whatsapp", "-p",
+                       "platformid=1", "--correlation", "c" * 401, "--database-url", url)
+    assert code == EXIT_INVALID and "correlation" in one_line(err)
+    assert Queue(make_engine(url)).summary()["by_status"] == {}
