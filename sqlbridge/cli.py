@@ -33,6 +33,7 @@ from .cli_support import (  # noqa: F401 - EXIT_* and parse helpers are part of 
     FiniteFloat,
     OneLineErrors,
     UsageError,
+    Whole,
     _parse_param,
     _print_json,
     _table,
@@ -93,7 +94,7 @@ def install(ctx: Context, print_only: bool, babelfish: bool) -> None:
               help="Higher runs first.")
 @click.option("--request-key", help="Idempotency key: the same key returns the same request.")
 @click.option("--correlation", help="Free text stored with the request.")
-@click.option("--max-attempts", type=click.IntRange(1, 100))
+@click.option("--max-attempts", type=Whole(1, 100))
 @click.option("--wait", is_flag=True, help="Wait for the request to finish; print it.")
 @click.option("--timeout", type=FiniteFloat(0, 86400), default=60.0, show_default=True,
               help="Seconds --wait waits.")
@@ -181,7 +182,7 @@ def _show_row(row: dict[str, Any], as_json: bool) -> None:
 @main.command()
 @click.argument("request_id", type=REQUEST_ID)
 @click.option("--json", "as_json", is_flag=True)
-@common
+@common(lenient_text=True)
 def show(ctx: Context, request_id: int, as_json: bool) -> None:
     """One request with its attempts."""
     _show_row(ctx.queue.get(request_id, with_attempts=True), as_json)
@@ -205,7 +206,7 @@ def parse_age(text: str) -> float:
 @click.option("--dry-run", is_flag=True, help="Count what would be deleted, by status.")
 @click.option("--yes", "-y", "yes", is_flag=True,
               help="Do not ask (needed when not on a terminal).")
-@click.option("--batch", type=click.IntRange(1, PURGE_BATCH_MAX), default=PURGE_BATCH,
+@click.option("--batch", type=Whole(1, PURGE_BATCH_MAX), default=PURGE_BATCH,
               show_default=True,
               help="Requests deleted per transaction.")
 @common
@@ -234,14 +235,14 @@ def purge(ctx: Context, older_than: str, statuses: tuple[str, ...], dry_run: boo
 
 @main.command()
 @click.option("--once", is_flag=True, help="Exit when the queue is empty.")
-@click.option("--concurrency", type=click.IntRange(1, 256))
-@click.option("--batch", type=click.IntRange(1, 1000))
+@click.option("--concurrency", type=Whole(1, 256))
+@click.option("--batch", type=Whole(1, 1000))
 @click.option("--poll-interval", type=FiniteFloat(0, 3600, low_open=True),
               help="Longest sleep when idle, seconds.")
 @click.option("--lease", type=FiniteFloat(0, 86400, low_open=True),
               help="Lease length, seconds.")
 @click.option("--no-schedules", is_flag=True, help="Do not run due schedules.")
-@click.option("--grace", type=click.FloatRange(0, 86400), default=30.0, show_default=True,
+@click.option("--grace", type=FiniteFloat(0, 86400), default=30.0, show_default=True,
               help="Seconds calls in flight get to finish after SIGTERM/SIGINT; then the "
                    "worker exits and leaves their rows to lease recovery.")
 @click.option("--log-level", default="INFO", show_default=True,

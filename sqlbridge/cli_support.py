@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import re
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -51,9 +52,10 @@ class Context:
     by a command that only reads or queues."""
 
     def __init__(self, database_url: str | None, config_path: str | None, *,
-                 need_schema: bool = True) -> None:
+                 need_schema: bool = True, lenient_text: bool = False) -> None:
         self.settings = config_mod.load(config_path).with_database_url(database_url)
         self.need_schema = need_schema
+        self.lenient_text = lenient_text
         self._queue: Queue | None = None
 
     @property
@@ -61,7 +63,7 @@ class Context:
         if self._queue is None:
             from .dbcheck import first_contact
 
-            engine = make_engine(self.settings.database_url)
+            engine = make_engine(self.settings.database_url, lenient_text=self.lenient_text)
             first_contact(engine, need_schema=self.need_schema)
             self._queue = Queue(engine, self.settings)
         return self._queue
@@ -72,12 +74,15 @@ class Context:
 
 
 def common(fn: Callable[..., Any] | None = None, *,
-           need_schema: bool = True) -> Callable[..., Any]:
+           need_schema: bool = True, lenient_text: bool = False) -> Callable[..., Any]:
     """Add --database-url/--config and turn sqlbridge errors into one line + exit code.
 
-    ``need_schema=False`` for the commands that run before ``install`` (install, doctor)."""
+    ``need_schema=False`` for the commands that run before ``install`` (install, doctor).
+    ``lenient_text=True`` for the commands that only show or move rows by id (status, list,
+    show, retry, cancel, actions): a row holding text that is not UTF-8 must not hide every
+    other row from the operator (see ``db.make_engine``)."""
     if fn is None:
-        return functools.partial(common, need_schema=need_schema)
+        return functools.partial(common, need_schema=need_schema, lenient_text=lenient_text)
 
     @click.option("--config", "config_path", type=click.Path(dir_okay=False),
                   help="TOML settings file (default: ./sqlbridge.toml when present).")
@@ -90,7 +95,8 @@ def common(fn: Callable[..., Any] | None = None, *,
 
         ctx: Context | None = None
         try:
-            ctx = Context(database_url, config_path, need_schema=need_schema)
+            ctx = Context(database_url, config_path, need_schema=need_schema,
+                          lenient_text=lenient_text)
             return fn(ctx, *args, **kwargs)
         except ConfigError as exc:
             _fail(exc, EXIT_CONFIG)
@@ -102,6 +108,14 @@ def common(fn: Callable[..., Any] | None = None, *,
             _fail(exc, EXIT_DATABASE)
         except SqlbridgeError as exc:
             _fail(exc, EXIT_NOT_SUCCEEDED)
+        except (TypeError, ValueError) as exc:
+            if not _stored_value_unreadable(exc):
+                raise
+            click.echo(printable(f"error: UNREADABLE_ROW: a stored value cannot be read "
+                                 f"({type(exc).__name__}: {str(exc)[:120]}); a row was "
+                                 "written by hand with a value of the wrong type: fix or "
+                                 "delete it"), err=True)
+            sys.exit(EXIT_NOT_SUCCEEDED)
         except DBAPIError as exc:
             url = ctx.settings.database_url if ctx else database_url
             found = classify(exc, url)
@@ -111,6 +125,18 @@ def common(fn: Callable[..., Any] | None = None, *,
             sys.exit(EXIT_DATABASE)
 
     return wrapper
+
+
+def _stored_value_unreadable(exc: BaseException) -> bool:
+    """True when SQLAlchemy failed converting a value it read (bytes in a SQLite timestamp
+    column): the row's fault, not a bug, so one line instead of a traceback."""
+    tb = exc.__traceback__
+    while tb is not None:
+        name = tb.tb_frame.f_code.co_filename.replace("\\", "/")
+        if "sqlalchemy/engine/" in name and ("processors" in name or "result" in name):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _one_line(exc: BaseException) -> str:
@@ -221,23 +247,31 @@ def _check_text(value: Any, where: str) -> None:
             _check_text(v, where)
 
 
+# The most ``--json @FILE`` / ``--json -`` reads: far above any message a vendor accepts, and
+# a bound on the memory of ``--json @/dev/zero`` or an endless pipe (which once grew to GBs).
+MAX_JSON_BYTES = 16 * 1024 * 1024
+
+
 def _read_json_source(json_text: str) -> str:
     """``--json TEXT``, ``--json @FILE`` or ``--json -`` (stdin): argv holds at most 128 KiB
-    per argument, so long messages come from a file or a pipe."""
+    per argument, so long messages come from a file or a pipe; at most MAX_JSON_BYTES."""
     if json_text == "-":
-        data = sys.stdin.buffer.read()
+        data = sys.stdin.buffer.read(MAX_JSON_BYTES + 1)
         where = "--json - (standard input)"
     elif json_text.startswith("@"):
         path = json_text[1:]
         try:
             with open(path, "rb") as f:
-                data = f.read()
+                data = f.read(MAX_JSON_BYTES + 1)
         except OSError as exc:
             raise UsageError(f"--json {json_text}: cannot read the file ({exc.strerror})") \
                 from None
         where = f"--json {json_text}"
     else:
         return json_text
+    if len(data) > MAX_JSON_BYTES:
+        raise UsageError(f"{where[:80]} is larger than {MAX_JSON_BYTES // (1024 * 1024)} MiB; "
+                         "parameters that large are refused")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -277,6 +311,9 @@ class FiniteFloat(click.ParamType):
         self.low, self.high, self.low_open = low, high, low_open
 
     def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        if isinstance(value, str) and not _ASCII_NUMBER.match(value):
+            self.fail(f"{value!r} is not a number (digits 0-9, a point, an exponent)",
+                      param, ctx)
         try:
             number = float(value)
         except (TypeError, ValueError, OverflowError):
@@ -289,9 +326,30 @@ class FiniteFloat(click.ParamType):
         return number
 
 
+# Python's int() and float() read any script's digits ('٣' is 3) and underscores ('1_000'):
+# a command-line number is ASCII digits only, so what an operator typed is what is used.
+_ASCII_INT = re.compile(r"\A\s*[+-]?[0-9]+\s*\Z", re.ASCII)
+_ASCII_NUMBER = re.compile(r"\A\s*[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\s*\Z"
+                           r"|\A\s*[+-]?(?:inf|infinity|nan)\s*\Z", re.ASCII | re.IGNORECASE)
+BIGINT_MAX = 2**63 - 1
+
+
+class Whole(click.IntRange):
+    """A whole number in ``[low, high]`` written in ASCII digits; the bounds are always set, so
+    a value no database column holds is a usage error, not a driver traceback."""
+
+    def __init__(self, low: int, high: int = BIGINT_MAX) -> None:
+        super().__init__(low, high)
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if isinstance(value, str) and not _ASCII_INT.match(value):
+            self.fail(f"{value!r} is not a whole number (digits 0-9)", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 # An id is a BIGINT; a priority an INT: larger numbers are usage errors, not driver tracebacks.
-REQUEST_ID = click.IntRange(1, 2**63 - 1)
-PRIORITY = click.IntRange(-(2**31), 2**31 - 1)
+REQUEST_ID = Whole(1, BIGINT_MAX)
+PRIORITY = Whole(-(2**31), 2**31 - 1)
 
 
 class OneLineErrors(click.Group):

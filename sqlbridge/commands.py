@@ -8,7 +8,7 @@ from typing import Any
 import click
 from sqlalchemy.engine import make_url
 
-from .cli_support import EXIT_CONFIG, Context, common
+from .cli_support import BIGINT_MAX, EXIT_CONFIG, Context, FiniteFloat, Whole, common
 from .config import Account
 from .db import make_engine
 from .errors import SqlbridgeError
@@ -17,19 +17,20 @@ from .errors import SqlbridgeError
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on (loopback by default).")
-@click.option("--port", default=8780, show_default=True, type=int)
-@click.option("--latency-ms", default=0.0, type=float, help="Added to every answer.")
-@click.option("--error-rate", default=0.0, type=click.FloatRange(0, 1),
+@click.option("--port", default=8780, show_default=True, type=Whole(0, 65535))
+@click.option("--latency-ms", default=0.0, type=FiniteFloat(0, 60000),
+              help="Added to every answer.")
+@click.option("--error-rate", default=0.0, type=FiniteFloat(0, 1),
               help="Fraction of answers that are HTTP 503.")
-@click.option("--rate-limit-rate", default=0.0, type=click.FloatRange(0, 1),
+@click.option("--rate-limit-rate", default=0.0, type=FiniteFloat(0, 1),
               help="Fraction of answers that are HTTP 429 with Retry-After.")
-@click.option("--timeout-rate", default=0.0, type=click.FloatRange(0, 1),
+@click.option("--timeout-rate", default=0.0, type=FiniteFloat(0, 1),
               help="Fraction of requests held past the client's read timeout.")
-@click.option("--drop-rate", default=0.0, type=click.FloatRange(0, 1),
+@click.option("--drop-rate", default=0.0, type=FiniteFloat(0, 1),
               help="Fraction of connections closed without an answer.")
-@click.option("--malformed-rate", default=0.0, type=click.FloatRange(0, 1),
+@click.option("--malformed-rate", default=0.0, type=FiniteFloat(0, 1),
               help="Fraction of answers that are an HTML error page.")
-@click.option("--seed", type=int, help="Make the faults reproducible.")
+@click.option("--seed", type=Whole(-BIGINT_MAX), help="Make the faults reproducible.")
 def sandbox(host: str, port: int, latency_ms: float, error_rate: float, rate_limit_rate: float,
             timeout_rate: float, drop_rate: float, malformed_rate: float,
             seed: int | None) -> None:

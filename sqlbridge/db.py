@@ -122,10 +122,24 @@ def _known_isolation_level(engine: Engine) -> None:
     dialect.get_isolation_level = get_isolation_level  # type: ignore[method-assign]
 
 
+def _lenient_text(data: bytes) -> str:
+    return data.decode("utf-8", "replace")
+
+
+def _sqlite_lenient(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.text_factory = _lenient_text
+
+
 def make_engine(url: str, *, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS,
-                **kwargs: Any) -> Engine:
+                lenient_text: bool = False, **kwargs: Any) -> Engine:
     """An engine for ``url``. ``busy_timeout_ms`` (SQLite): how long a statement waits for
-    another process's write lock before failing with "database is locked"."""
+    another process's write lock before failing with "database is locked".
+
+    ``lenient_text`` (SQLite): text that is not valid UTF-8 (a row INSERTed with
+    ``CAST(X'FF' AS TEXT)``) reads with U+FFFD instead of failing the whole statement. For the
+    operator's views only (status, list, show): one such row made every one of them fail, for
+    good. The worker keeps strict reads, so it fails that row (``UNREADABLE_ROW``) rather than
+    send altered text."""
     backend = dialect_name(url)
     if backend == "sqlite":
         engine = create_engine(
@@ -136,6 +150,8 @@ def make_engine(url: str, *, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS,
             **kwargs,
         )
         event.listen(engine, "connect", _sqlite_pragmas)
+        if lenient_text:
+            event.listen(engine, "connect", _sqlite_lenient)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
     if backend == "mssql":

@@ -14,7 +14,7 @@ import re
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # 100 years: beyond it date arithmetic on either database overflows, and no history is older.
 MAX_AGE_SECONDS = 100 * 365 * 86400
-_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$", re.IGNORECASE)
+_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$", re.IGNORECASE | re.ASCII)
 ALLOWED = "a positive number with a unit: 30d, 12h, 90m or 45s"
 
 

@@ -42,7 +42,7 @@ BULK_CANCEL_MESSAGE = "cancelled by an operator"
 LIST_COLUMNS = ("id", "operation", "account", "status", "attempts", "http_status",
                 "error_code", "correlation", "created_at", "finished_at")
 MAX_AGE_SECONDS = 100 * 365.25 * 86400
-_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", re.IGNORECASE)
+_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", re.IGNORECASE | re.ASCII)
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 # A moment: an absolute UTC time, or an age in seconds (that long before the database's now).
 Moment = datetime | float

@@ -20,6 +20,8 @@ from .cli_support import (
     EXIT_USAGE,
     REQUEST_ID,
     Context,
+    FiniteFloat,
+    Whole,
     _jsonable,
     _print_json,
     _table,
@@ -33,12 +35,12 @@ from .schema import STATUSES
 
 def metrics_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """--metrics-port/--metrics-bind/--metrics-queue-interval for ``sqlbridge worker``."""
-    fn = click.option("--metrics-queue-interval", type=click.FloatRange(1, 3600), default=30.0,
+    fn = click.option("--metrics-queue-interval", type=FiniteFloat(1, 3600), default=30.0,
                       show_default=True,
                       help="Seconds between reads of the queue figures from the database.")(fn)
     fn = click.option("--metrics-bind", default="127.0.0.1", show_default=True,
                       help="Address the metrics endpoint listens on.")(fn)
-    return click.option("--metrics-port", type=click.IntRange(0, 65535),
+    return click.option("--metrics-port", type=Whole(0, 65535),
                         help="Serve /metrics (Prometheus), /healthz and /readyz on this port "
                              "(0: any free port, logged).")(fn)
 
@@ -150,11 +152,11 @@ REDRAW = "\x1b[H\x1b[J"
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (with --watch: one object "
               "per line).")
 @click.option("--watch", is_flag=True, help="Refresh until interrupted (Ctrl-C).")
-@click.option("--interval", type=click.FloatRange(0.05, 3600), default=2.0, show_default=True,
+@click.option("--interval", type=FiniteFloat(0.05, 3600), default=2.0, show_default=True,
               help="Seconds between refreshes with --watch.")
-@click.option("--count", type=click.IntRange(1), help="With --watch: stop after this many "
+@click.option("--count", type=Whole(1), help="With --watch: stop after this many "
               "refreshes.")
-@common
+@common(lenient_text=True)
 def status(ctx: Context, as_json: bool, watch: bool, interval: float,
            count: int | None) -> None:
     """Counts by status and operation, queue health, oldest queued age, recent failures."""
@@ -187,10 +189,10 @@ def status(ctx: Context, as_json: bool, watch: bool, interval: float,
 
 @click.command("list")
 @filter_options
-@click.option("--limit", type=click.IntRange(1, oa.MAX_LIMIT), default=50, show_default=True)
-@click.option("--offset", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--limit", type=Whole(1, oa.MAX_LIMIT), default=50, show_default=True)
+@click.option("--offset", type=Whole(0), default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-@common
+@common(lenient_text=True)
 def list_command(ctx: Context, limit: int, offset: int, as_json: bool, **opts: Any) -> None:
     """Requests matching filters, newest first, a page at a time."""
     page = oa.list_requests(ctx.engine, _selection(None, opts), limit=limit, offset=offset)
@@ -270,9 +272,9 @@ cancel = _action_command(
 
 
 @click.command()
-@click.option("--limit", type=click.IntRange(1, oa.MAX_LIMIT), default=20, show_default=True)
+@click.option("--limit", type=Whole(1, oa.MAX_LIMIT), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-@common
+@common(lenient_text=True)
 def actions(ctx: Context, limit: int, as_json: bool) -> None:
     """The latest bulk and single retry/cancel actions: who, when, what filter, how many."""
     rows = oa.history(ctx.engine, limit)

@@ -16,6 +16,7 @@ lease can never move the same row twice:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -421,6 +422,45 @@ def _unreadable_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(getattr(exc, 'orig', None) or exc)[:120]}"
 
 
+def _claimed(row: Any) -> Claimed:
+    """A claimed row as the worker uses it; ``TypeError``/``ValueError`` when a number
+    column holds something else (SQLite keeps whatever was INSERTed)."""
+    values = dict(row._mapping)
+    for name in ("priority", "attempts", "max_attempts"):
+        values[name] = _whole(name, values[name])
+    return Claimed(**values)
+
+
+_INT_MAX = 2**31 - 1  # the columns are INTEGER (32 bits on SQL Server)
+
+
+def _whole(name: str, value: Any) -> int:
+    """``value`` as an int within the column's range, else ``TypeError``/``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} is {str(value)[:40]!r}, not a whole number")
+    if not math.isfinite(value) or value != int(value) or abs(value) > _INT_MAX:
+        raise ValueError(f"{name} is {value!r}, not a whole number in range")
+    return int(value)
+
+
+def _fail_unreadable_in(conn: Any, bad: list[tuple[int, str]]) -> int:
+    """Fail each row by id with UNREADABLE_ROW, never reading its text; how many."""
+    failed = 0
+    for rid, reason in bad:
+        text = (f"request {rid} cannot be read ({reason}): a column holds bytes that "
+                "are not valid text or a value of the wrong type, so it was failed "
+                "without being sent; fix or delete the row")
+        if conn.execute(_unreadable_statement(),
+                        {"b_id": rid, "b_error_message": text}).rowcount:
+            failed += 1
+            conn.execute(_attempt_statement(), [{
+                "request_id": rid, "attempt": 0, "started_at": _utc_naive(),
+                "duration_ms": None, "http_status": None, "outcome": "failed",
+                "error_code": "UNREADABLE_ROW", "error_message": text,
+                "worker": None}])
+    return failed
+
+
 @functools.cache
 def _attempt_statement() -> Any:
     return insert(outbox_attempt)
@@ -572,6 +612,10 @@ class Queue:
         if request_key is not None and not 1 <= len(request_key) <= 200:
             raise ValidationError("request_key must be 1 to 200 characters",
                                   code="INVALID_ARGUMENT", param="request_key")
+        if correlation is not None and len(correlation) > 400:
+            # The column is NVARCHAR(400): SQLite would keep more, SQL Server refuse the row.
+            raise ValidationError("correlation must be at most 400 characters",
+                                  code="INVALID_ARGUMENT", param="correlation")
         if isinstance(priority, bool) or not isinstance(priority, int) \
                 or not PRIORITY_MIN <= priority <= PRIORITY_MAX:
             raise ValidationError(f"priority must be a whole number from {PRIORITY_MIN} to "
@@ -791,9 +835,22 @@ class Queue:
                 rows += conn.execute(_claim_statement(limit - len(rows), scope),
                                      {"worker": worker, "lease": float(lease_seconds),
                                       "token": token}).all()
-        claimed = [Claimed(**{**row._mapping,
-                              "max_attempts": self.max_attempts_of(row.max_attempts)})
-                   for row in rows]
+            # A row whose numbers are not numbers (SQLite stores 'high' in an INTEGER column)
+            # is failed here, in the claim's own transaction: raising after the claim would
+            # leave the whole batch 'processing' until lease recovery, which must call its
+            # sends 'uncertain'.
+            claimed, bad = [], []
+            for row in rows:
+                try:
+                    one = _claimed(row)
+                except (TypeError, ValueError, OverflowError) as exc:
+                    bad.append((row.id, f"{type(exc).__name__}: {str(exc)[:120]}"))
+                    continue
+                # 0 (the column's default) means the worker's setting.
+                claimed.append(dataclasses.replace(
+                    one, max_attempts=self.max_attempts_of(one.max_attempts)))
+            if bad:
+                _fail_unreadable_in(conn, bad)
         claimed.sort(key=lambda c: (-c.priority, c.id))
         return claimed
 
@@ -904,6 +961,16 @@ class Queue:
             counts["failed"] += self.isolate_unreadable(expired=True)
             with self.engine.begin() as conn:
                 rows = conn.execute(_expired_statement()).all()
+        bad = []
+        for r in rows:
+            try:
+                _whole("attempts", r.attempts)
+                _whole("max_attempts", r.max_attempts)
+            except (TypeError, ValueError) as exc:
+                bad.append((r.id, f"{type(exc).__name__}: {str(exc)[:120]}"))
+        if bad:
+            counts["failed"] += self._fail_unreadable(bad)
+            rows = [r for r in rows if r.id not in {rid for rid, _ in bad}]
         if not rows:
             return counts
         updates = [self._settle_expired(r) for r in rows]
@@ -978,21 +1045,8 @@ class Queue:
         return self._fail_unreadable(bad)
 
     def _fail_unreadable(self, bad: list[tuple[int, str]]) -> int:
-        failed = 0
         with self.engine.begin() as conn:
-            for rid, reason in bad:
-                text = (f"request {rid} cannot be read ({reason}): a column holds bytes that "
-                        "are not valid text or a value of the wrong type, so it was failed "
-                        "without being sent; fix or delete the row")
-                if conn.execute(_unreadable_statement(),
-                                {"b_id": rid, "b_error_message": text}).rowcount:
-                    failed += 1
-                    conn.execute(_attempt_statement(), [{
-                        "request_id": rid, "attempt": 0, "started_at": _utc_naive(),
-                        "duration_ms": None, "http_status": None, "outcome": "failed",
-                        "error_code": "UNREADABLE_ROW", "error_message": text,
-                        "worker": None}])
-        return failed
+            return _fail_unreadable_in(conn, bad)
 
     # -- operators -------------------------------------------------------------------------
 

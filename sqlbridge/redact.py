@@ -151,7 +151,10 @@ def _trie(words: Iterable[str], depth: int = 0) -> str:
 @lru_cache(maxsize=256)
 def _pattern(secrets: tuple[str, ...]) -> re.Pattern[str] | None:
     found = spellings(secrets)
-    return re.compile(_trie(found)) if found else None
+    # Case-insensitive: a vendor that upper-cases what it echoes (Afilnet's error codes are
+    # read upper-cased) must not turn a password into text no exact match recognises.
+    # Masking a base64 look-alike that differs only in case is the safe side.
+    return re.compile(_trie(found), re.IGNORECASE) if found else None
 
 
 def _spans(v: str, pattern: re.Pattern[str]) -> list[tuple[int, int]]:

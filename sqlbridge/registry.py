@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -391,12 +392,16 @@ def _check_value(op: Operation, p: Param, value: Any) -> Any:
     if p.type in ("str", "url", "date"):
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             raise fail("INVALID_PARAM_TYPE", type_desc=TYPE_DESCRIPTIONS[p.type])
+        if isinstance(value, float) and not math.isfinite(value):
+            # JSON's 1e400 reads as inf and NaN as nan: sent as the text "inf"/"nan", never
+            # what anyone meant.
+            raise fail("INVALID_PARAM_TYPE", type_desc=TYPE_DESCRIPTIONS[p.type])
         value = str(value) if not isinstance(value, str) else value
         value = value.strip() if p.type != "str" else value
     elif p.type == "int":
         if isinstance(value, bool):
             raise fail("INVALID_PARAM_TYPE", type_desc=TYPE_DESCRIPTIONS["int"])
-        if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
+        if isinstance(value, str) and re.fullmatch(r"\s*-?[0-9]+\s*", value):
             value = int(value)
         if not isinstance(value, int):
             raise fail("INVALID_PARAM_TYPE", type_desc=TYPE_DESCRIPTIONS["int"])

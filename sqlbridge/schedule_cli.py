@@ -14,6 +14,7 @@ from .cli_support import (
     EXIT_TIMEOUT,
     Context,
     FiniteFloat,
+    Whole,
     _parse_param,
     _print_json,
     _table,
@@ -35,7 +36,7 @@ def schedule() -> None:
 @click.option("--interval", default="5m", show_default=True, help="30s, 5m, 1h, 1d or seconds.")
 @click.option("--account", default="default", show_default=True)
 @click.option("--disabled", is_flag=True, help="Create it switched off.")
-@click.option("--max-children", type=click.IntRange(0, 1_000_000), default=1000,
+@click.option("--max-children", type=Whole(0, 1_000_000), default=1000,
               show_default=True, help="Most requests one run may fan out into.")
 @common
 def add(ctx: Context, name: str, operation: str, param: tuple[str, ...], json_text: str | None,
@@ -168,7 +169,7 @@ def sync(ctx: Context, account: str, unread_only: bool, timeout: float | None) -
 
 @click.command()
 @click.option("--consumer", required=True, help="Who takes them (stored as taken_by).")
-@click.option("--max", "limit", type=click.IntRange(1, 10000), default=100, show_default=True)
+@click.option("--max", "limit", type=Whole(1, 10000), default=100, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @common
 def take(ctx: Context, consumer: str, limit: int, as_json: bool) -> None:

@@ -245,3 +245,103 @@ def test_purge_on_a_terminal_asks_first(url: str) -> None:
         assert proc.returncode == 0 and says in out.decode(), err
         assert b"delete 1 requests older than 30d (succeeded 1)?" in err
         assert sum(q.summary()["by_status"].values()) == left
+
+
+@pytest.mark.parametrize("args", [
+    ["list", "--offset", str(2**70)],  # a traceback (OverflowError from the driver)
+    ["show", "٣"], ["retry", "٣"], ["cancel", "1_000"],  # int() reads any script's digits
+    ["enqueue", *SEND, "-p", "message=x", "--priority", "٣"],
+    ["enqueue", *SEND, "-p", "message=x", "--wait", "--timeout", "٣"],
+    ["list", "--since", "٣d"], ["purge", "--older-than", "٣d", "--dry-run"],
+])
+def test_numbers_are_ascii_digits_in_the_columns_range(url: str, args: list[str]) -> None:
+    code, out, err = run(*args, "--database-url", url)
+    assert code in (EXIT_USAGE, EXIT_INVALID), (code, out, err)
+    one_line(err)
+    assert Queue(make_engine(url)).summary()["by_status"] == {}
+
+
+@pytest.mark.parametrize("port", ["99999", "-1"])
+def test_a_sandbox_port_out_of_range_is_a_usage_error(port: str) -> None:
+    code, _, err = run("sandbox", "--port", port)
+    assert code == EXIT_USAGE and "port" in one_line(err)
+
+
+def _memory_cap() -> None:
+    import resource
+
+    cap = 1024 * 1024 * 1024  # 1 GiB: the unbounded read once grew past 9 GB in 20 s
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+
+@pytest.mark.parametrize("source", ["@/dev/zero", "-"])
+def test_json_from_an_endless_file_or_pipe_is_refused_at_a_size_bound(url: str,
+                                                                     source: str) -> None:
+    stdin = subprocess.DEVNULL
+    if source == "-":
+        stdin = open("/dev/zero", "rb")  # noqa: SIM115 - an endless pipe
+    try:
+        proc = subprocess.run([sys.executable, "-m", "sqlbridge", "enqueue", "chat.getchats",
+                               "--json", source, "--database-url", url], stdin=stdin,
+                              capture_output=True, timeout=120, preexec_fn=_memory_cap)
+    finally:
+        if stdin is not subprocess.DEVNULL:
+            stdin.close()
+    assert proc.returncode == EXIT_USAGE, proc.stderr[-500:]
+    assert "larger than 16 MiB" in one_line(proc.stderr.decode())
+
+
+@pytest.mark.parametrize("args", [["status"], ["status", "--json"], ["list"], ["list", "--json"],
+                                  ["show", "1"], ["show", "1", "--json"], ["actions"]])
+def test_the_operators_views_show_a_row_whose_text_is_not_utf8(url: str,
+                                                              args: list[str]) -> None:
+    # One such row made status, list and show fail with exit 7 ("the database could not be
+    # reached"), for good: the worker fails the row but its bytes stay.
+    with make_engine(url).begin() as c:
+        c.exec_driver_sql(
+            "INSERT INTO outbox (account, operation, params, status, error_code, "
+            "error_message, finished_at) VALUES ('default', CAST(X'6368FF' AS TEXT), "
+            "CAST(X'7B2261223A22C3FF227D' AS TEXT), 'failed', 'UNREADABLE_ROW', "
+            "CAST(X'FF' AS TEXT), '2020-01-01 00:00:00')")
+    code, out, err = run(*args, "--database-url", url)
+    assert code == 0, err
+    assert args[0] == "actions" or "\ufffd" in out
+
+
+@pytest.mark.parametrize("value", ["1e400", "-1e400", "NaN", "Infinity"])
+def test_a_json_number_that_is_not_finite_is_refused_not_sent_as_inf(url: str,
+                                                                     value: str) -> None:
+    # json.loads reads 1e400 as inf; the text parameter was then queued as "inf".
+    code, _, err = run("enqueue", "chat.getchats", "--json",
+                       '{"platform": "whatsapp", "platformid": ' + value + "}",
+                       "--database-url", url)
+    assert code == EXIT_INVALID and "INVALID_PARAM_TYPE" in one_line(err)
+    assert Queue(make_engine(url)).summary()["by_status"] == {}
+
+
+@pytest.mark.parametrize("args", [
+    ["worker", "--once", "--grace", "nan"],  # accepted: a NaN grace never ends
+    ["status", "--watch", "--interval", "nan", "--count", "1"],  # time.sleep(nan) traceback
+    ["sandbox", "--latency-ms", "nan"], ["sandbox", "--error-rate", "nan"],
+])
+def test_a_nan_duration_or_rate_is_a_usage_error(url: str, args: list[str]) -> None:
+    code, _, err = run(*args, "--database-url", url) if args[0] != "sandbox" else run(*args)
+    assert code == EXIT_USAGE and "nan" in one_line(err)
+
+
+@pytest.mark.parametrize("args", [["show", "1"], ["show", "1", "--json"], ["list"], ["status"]])
+def test_a_time_column_holding_bytes_is_one_line_not_a_traceback(url: str,
+                                                                 args: list[str]) -> None:
+    with make_engine(url).begin() as c:
+        c.exec_driver_sql("INSERT INTO outbox (account, operation, params, status, "
+                          "finished_at) VALUES ('x', 'chat.getchats', '{}', 'uncertain', X'FF')")
+    code, _, err = run(*args, "--database-url", url)
+    assert code == 1 and "UNREADABLE_ROW" in one_line(err)
+
+
+def test_a_correlation_longer_than_its_column_is_refused(url: str) -> None:
+    # NVARCHAR(400): SQLite stored 5,000 characters; SQL Server refuses the row.
+    code, _, err = run("enqueue", "chat.getchats", "-p", "platform=whatsapp", "-p",
+                       "platformid=1", "--correlation", "c" * 401, "--database-url", url)
+    assert code == EXIT_INVALID and "correlation" in one_line(err)
+    assert Queue(make_engine(url)).summary()["by_status"] == {}

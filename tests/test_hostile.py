@@ -469,3 +469,81 @@ def test_the_depth_limit_refuses_json_deeper_than_it() -> None:
     assert parse_json(_json_response(b'{"a":' * n + b"1" + b"}" * n))
     with pytest.raises(ValueError, match="nested too deeply"):  # the parser's own limit
         parse_json(_json_response(b"[" * 100_000 + b"]" * 100_000))
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.parametrize(("column", "value"), [
+    ("priority", "'high'"), ("priority", "X'00'"), ("attempts", "9223372036854775807"),
+    ("max_attempts", "'x'"), ("max_attempts", "1e400"),
+])
+def test_a_row_whose_numbers_are_not_numbers_is_failed_alone_and_its_batch_is_sent(
+        live: Settings, queue: Queue, column: str, value: str) -> None:
+    # SQLite keeps 'high' in an INTEGER column. Failing after the claim committed left the
+    # whole batch 'processing', and lease recovery then made its sends 'uncertain'.
+    send = {**CHAT, "destination": "34600000001", "message": "m"}
+    before = queue.enqueue("chat.sendmessage", send).id
+    with queue.engine.begin() as c:
+        c.execute(text(f"INSERT INTO outbox (account, operation, params, {column}) VALUES "
+                       f"('default', 'chat.getchatchannels', '{{}}', {value})"))
+        poison = c.execute(text("SELECT max(id) FROM outbox")).scalar()
+    after = queue.enqueue("chat.sendmessage", {**send, "destination": "34600000002"}).id
+    run(live, queue)
+    assert queue.get(before)["status"] == "succeeded"
+    assert queue.get(after)["status"] == "succeeded"
+    with queue.engine.connect() as c:
+        status, code = c.execute(select(outbox.c.status, outbox.c.error_code)
+                                 .where(outbox.c.id == poison)).one()
+    assert (status, code) == ("failed", "UNREADABLE_ROW")
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.parametrize("column", ["attempts", "max_attempts"])
+def test_lease_recovery_fails_a_row_whose_counts_are_not_numbers(
+        live: Settings, queue: Queue, column: str) -> None:
+    with queue.engine.begin() as c:
+        c.execute(text(f"INSERT INTO outbox (account, operation, params, status, {column}) "
+                       "VALUES ('default', 'chat.getchatchannels', '{}', 'processing', 'x')"))
+    assert Queue(queue.engine, live).recover_expired()["failed"] == 1
+    with queue.engine.connect() as c:
+        assert c.execute(select(outbox.c.status, outbox.c.error_code)).one() == (
+            "failed", "UNREADABLE_ROW")
+
+
+def two_lengths(h: BaseHTTPRequestHandler) -> None:
+    h.send_response(200)
+    h.send_header("Content-Length", "2")
+    h.send_header("Content-Length", "5")
+    h.end_headers()
+    h.wfile.write(b"{}")
+
+
+@pytest.mark.parametrize(("operation", "params", "status", "requests"), [
+    ("chat.getchatchannels", {}, "failed", 2),
+    ("chat.sendmessage", {**CHAT, "destination": "34600000001", "message": "m"}, "uncertain", 1),
+])
+def test_an_answer_whose_headers_urllib3_refuses_was_still_sent(
+        live: Settings, hostile: Hostile, queue: Queue, operation: str,
+        params: dict[str, str], status: str, requests: int) -> None:
+    # urllib3 raises InvalidHeader for the *answer*; it was once reported as "the request
+    # cannot be sent" (INVALID_REQUEST, failed), so a delivered send looked safe to retry.
+    hostile.behaviour = two_lengths
+    rid = queue.enqueue(operation, params, max_attempts=2).id
+    run(pointed_at(live, hostile.url), queue)
+    row = queue.get(rid)
+    assert (row["status"], row["error_code"]) == (status, "PROTOCOL_ERROR"), row
+    assert hostile.requests == requests
+
+
+def test_a_password_echoed_in_an_error_code_is_masked_though_upper_cased(
+        live: Settings, hostile: Hostile, queue: Queue) -> None:
+    # Afilnet's error codes are read upper-cased: the echo became 'SANDBOX-PASS-…' in
+    # error_message, which the case-sensitive scrubber did not recognise.
+    settings = pointed_at(live, hostile.url)
+    secret = settings.account("default").afilnet.password.reveal()
+    hostile.behaviour = lambda h: answer(
+        h, 200, json.dumps({"status": "error", "error": f"bad {secret} here"}).encode())
+    rid = queue.enqueue("chat.getchatchannels", {}, max_attempts=1).id
+    run(settings, queue)
+    row = queue.get(rid, with_attempts=True)
+    assert row["status"] == "failed"
+    assert secret.lower() not in json.dumps(row, default=str).lower()

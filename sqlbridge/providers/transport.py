@@ -14,6 +14,7 @@ request may have left (``delivered``) and the HTTP status, if any.
 | body larger than ``max_response_bytes``            | ProtocolError(RESPONSE_TOO_LARGE)           |
 | body empty, not JSON, not an object, too deep      | ProtocolError (PROTOCOL_ERROR)              |
 | a URL or header requests cannot send               | ProviderError(INVALID_REQUEST), permanent   |
+| answer headers urllib3 refuses (two Content-Length)| ProtocolError (PROTOCOL_ERROR)              |
 
 Bodies are read streamed, at most ``max_bytes`` of them (default DEFAULT_MAX_RESPONSE_BYTES),
 and never past the call's deadline (default connect + 2 x read timeout; ``watchdog`` cuts the socket
@@ -128,12 +129,25 @@ class Transport:
             raise TransientError(f"{what}: {text} ({_reason_name(exc)})",
                                  code="CONNECTION_FAILED" if never_left else "CONNECTION_LOST",
                                  delivered=not never_left) from None
+        except requests.exceptions.InvalidHeader as exc:
+            if not _answer_side(exc):
+                raise ProviderError(excerpt(f"{what}: the request cannot be sent: {exc}",
+                                            secrets, 300, ""), code="INVALID_REQUEST") from None
+            # urllib3 refused the *answer's* headers (two Content-Length values that differ):
+            # the request had left, so it may have been carried out. Not "cannot be sent".
+            raise ProtocolError(excerpt(f"{what}: the answer's headers cannot be read: {exc}",
+                                        secrets, 300, "")) from None
         except _NOT_SENDABLE as exc:
             raise ProviderError(excerpt(f"{what}: the request cannot be sent: {exc}", secrets,
                                         300, ""), code="INVALID_REQUEST") from None
         except requests.RequestException as exc:
             raise TransientError(f"{what}: {type(exc).__name__}", code="CONNECTION_LOST",
                                  delivered=True) from None
+
+
+def _answer_side(exc: BaseException) -> bool:
+    """True when requests' InvalidHeader wraps urllib3's, which only the answer raises."""
+    return any(isinstance(arg, urllib3.exceptions.InvalidHeader) for arg in exc.args)
 
 
 def _past_deadline(what: str, budget: float, status: int | None,
