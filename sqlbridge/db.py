@@ -130,6 +130,24 @@ def _sqlite_lenient(dbapi_conn: Any, _record: Any) -> None:
     dbapi_conn.text_factory = _lenient_text
 
 
+def _tolerant_rollback(engine: Engine) -> None:
+    """A ROLLBACK the server answers with 3903 ("can only be used in transaction blocks") is
+    ignored: the server already ended the transaction (Babelfish does so when a procedure
+    THROWs), so there is nothing to undo, and the error that ended it is the one to surface;
+    SQLAlchemy would otherwise raise the 3903 in its place and hide the real refusal."""
+    dialect = engine.dialect
+    rollback = dialect.do_rollback
+
+    def do_rollback(dbapi_connection: Any) -> None:
+        try:
+            rollback(dbapi_connection)
+        except Exception as exc:
+            if "(3903)" not in str(exc):
+                raise
+
+    dialect.do_rollback = do_rollback  # type: ignore[method-assign]
+
+
 def make_engine(url: str, *, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS,
                 lenient_text: bool = False, **kwargs: Any) -> Engine:
     """An engine for ``url``. ``busy_timeout_ms`` (SQLite): how long a statement waits for
@@ -163,6 +181,7 @@ def make_engine(url: str, *, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS,
             engine = create_engine(parsed, **kwargs)
             event.listen(engine, "connect", _mssql_session)
             _known_isolation_level(engine)
+            _tolerant_rollback(engine)
             return engine
         except ImportError as exc:
             raise ConfigError(

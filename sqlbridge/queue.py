@@ -566,6 +566,7 @@ class Queue:
 
     def __init__(self, engine: Engine, settings: Settings | None = None) -> None:
         self.engine = engine
+        self._babelfish: bool | None = None  # asked once, by the first bulk insert
         # render_as_string: str(url) prints the password as *** and would not connect.
         self.settings = settings or Settings(
             database_url=engine.url.render_as_string(hide_password=False))
@@ -754,10 +755,11 @@ class Queue:
         stmt = insert(outbox).values(available_at=func.coalesce(
             bindparam("b_available_at", type_=outbox.c.available_at.type), utcnow()),
         ).returning(outbox.c.id, sort_by_parameter_order=in_order)
+        one_by_one = in_order and self._on_babelfish()
         for attempt in range(3):
             try:
                 with self.engine.begin() as conn:
-                    return self._insert_chunk(conn, stmt, rows, in_order)
+                    return self._insert_chunk(conn, stmt, rows, in_order, one_by_one)
             except IntegrityError:
                 # A concurrent caller stored one of these keys between our look and our
                 # insert: look again (it is visible now) and insert the rest.
@@ -765,9 +767,19 @@ class Queue:
                     raise
         raise AssertionError("unreachable")
 
+    def _on_babelfish(self) -> bool:
+        if self._babelfish is None:
+            from .install import is_babelfish
+
+            self._babelfish = False
+            if self.engine.dialect.name == "mssql":
+                with self.engine.connect() as conn:
+                    self._babelfish = is_babelfish(conn)
+        return self._babelfish
+
     @staticmethod
     def _insert_chunk(conn: Connection, stmt: Any, rows: list[dict[str, Any]],
-                      in_order: bool) -> list[EnqueueResult]:
+                      in_order: bool, one_by_one: bool = False) -> list[EnqueueResult]:
         keys = [r["request_key"] for r in rows if r["request_key"] is not None]
         known: dict[str, int] = {}
         stored: dict[str, Any] = {}
@@ -800,7 +812,13 @@ class Queue:
                 values["b_available_at"] = r.get("available_at")
                 plan.append((None, len(fresh), True))
                 fresh.append(values)
-        ids = conn.execute(stmt, fresh).scalars().all() if fresh else []
+        if one_by_one:
+            # Babelfish refuses the ordered multi-row form SQLAlchemy sends to SQL Server
+            # (INSERT … OUTPUT … SELECT … FROM (VALUES …) ORDER BY): one row per statement
+            # keeps the ids in input order there.
+            ids = [conn.execute(stmt, values).scalar_one() for values in fresh]
+        else:
+            ids = conn.execute(stmt, fresh).scalars().all() if fresh else []
         if not in_order:
             ids = sorted(ids)
         out = [EnqueueResult(int(found if found is not None else ids[slot]), created)

@@ -151,3 +151,25 @@ def make_engine_or_skip(url: str):  # type: ignore[no-untyped-def]
         from sqlalchemy.engine import create_mock_engine
 
         return create_mock_engine(url, lambda *a, **k: None)
+
+
+def test_a_rollback_the_server_already_ended_does_not_hide_the_real_error() -> None:
+    """Babelfish ends the transaction when a procedure THROWs; the driver's ROLLBACK then fails
+    with 3903, which SQLAlchemy would raise instead of the refusal. Only that one is ignored."""
+    pyodbc = pytest.importorskip("pyodbc", reason="pyodbc needs unixODBC (apt-get install "
+                                 "unixodbc): scripts/test installs it")
+    from sqlbridge.db import make_engine
+
+    class Connection:
+        def __init__(self, error: str) -> None:
+            self.error = error
+
+        def rollback(self) -> None:
+            raise pyodbc.ProgrammingError(self.error)
+
+    # No connection is made: the engine only needs its dialect.
+    engine = make_engine("mssql+pyodbc://u:p@127.0.0.1:1/db?driver=FreeTDS")
+    engine.dialect.do_rollback(Connection(
+        "[25000] ROLLBACK can only be used in transaction blocks (3903) (SQLEndTran)"))
+    with pytest.raises(pyodbc.ProgrammingError, match="08S01"):
+        engine.dialect.do_rollback(Connection("[08S01] communication link failure"))

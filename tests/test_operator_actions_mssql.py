@@ -38,8 +38,10 @@ def server() -> Iterator[Engine]:
 
 
 def matched(engine: Engine, call: str) -> int:
+    # "EXEC proc, @matched = …" is not T-SQL: the comma only follows an argument.
+    sep = ", " if "@" in call else " "
     with engine.begin() as c:
-        return int(c.execute(text(f"SET NOCOUNT ON; DECLARE @n INT; {call}, "
+        return int(c.execute(text(f"SET NOCOUNT ON; DECLARE @n INT; {call}{sep}"
                                   "@matched = @n OUTPUT; SELECT @n;")).scalar())
 
 
