@@ -669,17 +669,7 @@ class Queue:
                              .where(outbox.c.request_key == row["request_key"])).first()
         if found is None:
             return None
-        try:
-            stored = json.loads(found.params or "{}")
-        except ValueError:
-            stored = found.params
-        if (found.operation, found.account, stored) != (row["operation"], row["account"],
-                                                         json.loads(row["params"])):
-            raise ValidationError(
-                f"request_key {row['request_key'][:100]!r} is already used by request "
-                f"{found.id} ({found.operation}, account {found.account}) with other "
-                "parameters; use a new key, or the same request to get that id back",
-                code="IDEMPOTENCY_CONFLICT", param="request_key")
+        _same_or_conflict(row, (found.operation, found.account, found.params), found.id)
         return int(found.id)
 
     # -- bulk enqueue ------------------------------------------------------------------------
