@@ -639,3 +639,26 @@ def test_docs_dashboard_md_names_only_options_the_command_has() -> None:
     assert "SQLBRIDGE_DASHBOARD_PASSWORD" in help_text
     for shot in re.findall(r"\]\((dashboard/[\w-]+\.png)\)", doc):
         assert (Path(__file__).parent.parent / "docs" / shot).stat().st_size > 1000, shot
+
+
+def test_stop_survives_a_wake_up_that_ran_the_close_before_its_own_write(
+        engine: Any, settings: Settings) -> None:
+    """A response thread wakes the server loop between stop() queueing the close and writing
+    its own wake-up byte: the loop closes every socket, the trigger pipe too, and the write
+    that follows finds it shut. Here the first write stands for that other wake-up."""
+    import time
+
+    board = Dashboard(settings, engine, port=0).start()
+    trigger = board.server.trigger
+    physical_pull = trigger._physical_pull
+
+    def woken_by_another_thread_first() -> None:
+        physical_pull()
+        deadline = time.monotonic() + 30
+        while not trigger._closed and time.monotonic() < deadline:
+            time.sleep(0.01)
+        physical_pull()  # the stopping thread's own write, after the pipe closed
+
+    trigger._physical_pull = woken_by_another_thread_first
+    board.stop()
+    assert trigger._closed and board._thread is not None and not board._thread.is_alive()
