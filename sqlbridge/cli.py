@@ -39,6 +39,7 @@ from .cli_support import (  # noqa: F401 - EXIT_* and parse helpers are part of 
     _table,
     check_account,
     common,
+    is_terminal,
 )
 from .commands import demo, doctor, sandbox
 from .dashboard.command import dashboard
@@ -222,7 +223,7 @@ def purge(ctx: Context, older_than: str, statuses: tuple[str, ...], dry_run: boo
         click.echo(f"would purge {total} requests older than {older_than}: {detail}")
         return
     if total and not yes:
-        if not sys.stdin.isatty():
+        if not is_terminal(sys.stdin):
             raise UsageError(f"purge would delete {total} requests ({detail}); not on a "
                              "terminal, so add --yes to confirm (or --dry-run to count)")
         if not click.confirm(f"delete {total} requests older than {older_than} ({detail})?",

@@ -252,11 +252,27 @@ def _check_text(value: Any, where: str) -> None:
 MAX_JSON_BYTES = 16 * 1024 * 1024
 
 
+def is_terminal(stream: Any) -> bool:
+    """Whether ``stream`` is an open terminal. A command started with a standard stream closed
+    (``0<&-`` from cron or a service manager) has ``None`` there, which is no terminal."""
+    try:
+        return bool(stream is not None and stream.isatty())
+    except (ValueError, OSError):  # a closed or detached stream
+        return False
+
+
 def _read_json_source(json_text: str) -> str:
     """``--json TEXT``, ``--json @FILE`` or ``--json -`` (stdin): argv holds at most 128 KiB
     per argument, so long messages come from a file or a pipe; at most MAX_JSON_BYTES."""
     if json_text == "-":
-        data = sys.stdin.buffer.read(MAX_JSON_BYTES + 1)
+        stdin = getattr(sys.stdin, "buffer", None)
+        if stdin is None:
+            raise UsageError("--json -: there is no standard input to read (it is closed); "
+                             "give the JSON as text, or --json @FILE")
+        try:
+            data = stdin.read(MAX_JSON_BYTES + 1)
+        except (ValueError, OSError) as exc:
+            raise UsageError(f"--json -: cannot read standard input ({exc})") from None
         where = "--json - (standard input)"
     elif json_text.startswith("@"):
         path = json_text[1:]

@@ -26,6 +26,7 @@ from .cli_support import (
     _print_json,
     _table,
     common,
+    is_terminal,
 )
 from .errors import ConfigError
 from .schema import STATUSES
@@ -164,7 +165,7 @@ def status(ctx: Context, as_json: bool, watch: bool, interval: float,
         s = _status_snapshot(ctx)
         _print_json(s) if as_json else click.echo(_status_text(s))
         return
-    in_place = sys.stdout.isatty() and not as_json
+    in_place = is_terminal(sys.stdout) and not as_json
     shown = 0
     try:
         while True:
@@ -234,7 +235,7 @@ def _act(ctx: Context, action: str, request_id: int | None, dry_run: bool, yes: 
         click.echo(f"no requests to {action} match {criteria}")
         return
     if not yes:
-        if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        if not (is_terminal(sys.stdin) and is_terminal(sys.stdout)):
             click.echo(f"error: {action} of {n} requests needs confirmation: not a terminal, "
                        "so pass --yes (or --dry-run to only count)", err=True)
             sys.exit(EXIT_USAGE)

@@ -20,6 +20,7 @@ from .cli_support import (
     _table,
     check_account,
     common,
+    is_terminal,
 )
 
 
@@ -113,7 +114,7 @@ class _Progress:
     WIDTH = 30
 
     def __init__(self) -> None:
-        self.tty = sys.stderr.isatty()
+        self.tty = is_terminal(sys.stderr)
         self.last = (-1, -1)
 
     def __call__(self, done: int, total: int) -> None:

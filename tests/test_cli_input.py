@@ -345,3 +345,30 @@ def test_a_correlation_longer_than_its_column_is_refused(url: str) -> None:
                        "platformid=1", "--correlation", "c" * 401, "--database-url", url)
     assert code == EXIT_INVALID and "correlation" in one_line(err)
     assert Queue(make_engine(url)).summary()["by_status"] == {}
+
+
+def run_with_stdin_closed(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI as cron or a service manager may start it: file descriptor 0 not open at all
+    (``0<&-``), so Python's ``sys.stdin`` is None."""
+    env = {**os.environ, "SQLBRIDGE_DATABASE_URL": url, "SQLBRIDGE_CONFIG": ""}
+    return subprocess.run(["bash", "-c", 'exec "$@" 0<&-', "_", sys.executable, "-m",
+                           "sqlbridge", *args], capture_output=True, text=True, env=env,
+                          timeout=120)
+
+
+def test_a_closed_standard_input_is_a_usage_error_not_a_traceback(url: str) -> None:
+    q = Queue(make_engine(url))
+    q.enqueue("chat.getchatchannels")
+    with q.engine.begin() as c:
+        c.exec_driver_sql("UPDATE outbox SET status = 'succeeded', "
+                          "finished_at = datetime('now', '-40 days')")
+    q.enqueue("chat.getchatchannels")
+    for args, says in (
+            (("enqueue", "chat.getchatchannels", "--json", "-"),
+             "--json -: there is no standard input to read"),
+            (("purge", "--older-than", "30d"), "not on a terminal, so add --yes"),
+            (("cancel", "--status", "queued"), "not a terminal, so pass --yes")):
+        done = run_with_stdin_closed(url, *args)
+        assert done.returncode == EXIT_USAGE, (args, done.stderr)
+        assert says in done.stderr and "Traceback" not in done.stderr, (args, done.stderr)
+    assert q.summary()["by_status"] == {"succeeded": 1, "queued": 1}  # nothing was changed
