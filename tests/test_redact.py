@@ -253,7 +253,7 @@ def test_scrubbing_a_large_answer_with_many_secrets_has_no_cliff() -> None:
     clean = scrub(answer, secrets)
     took = time.process_time() - t0
     assert clean["echo"] == " ".join([MASK] * 150)
-    assert took < 1.5, f"scrubbing took {took:.1f}s of CPU"
+    assert took < 4, f"scrubbing took {took:.1f}s of CPU"  # the cliff was 7-10 s; now 0.2 s
 
 
 @pytest.mark.parametrize("echo", [
