@@ -47,7 +47,7 @@ from sqlalchemy.dialects import mssql
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.sql.util import ClauseAdapter
 
-from . import delivery, registry
+from . import delivery, idempotency, registry
 from .config import Settings
 from .durations import MAX_AGE_SECONDS
 from .errors import ConfigError, InvalidState, RequestNotFound, ValidationError
@@ -162,19 +162,10 @@ def _field(request: Mapping[str, Any], name: str, kind: type, *, required: bool 
 def _same_or_conflict(row: dict[str, Any], stored: tuple[str, str, str], found: int | None
                       ) -> None:
     """A repeated request_key is the same request again (its id is returned), or an
-    IDEMPOTENCY_CONFLICT, as in ``Queue.enqueue``."""
-    operation, account, params = stored
-    try:
-        same_params = json.loads(params or "{}") == json.loads(row["params"])
-    except ValueError:
-        same_params = False
-    if (operation, account) != (row["operation"], row["account"]) or not same_params:
-        where = f"request {found}" if found is not None else "an earlier line of this input"
-        raise ValidationError(
-            f"request_key {row['request_key'][:100]!r} is already used by {where} "
-            f"({operation}, account {account}) with other parameters; use a new key, or the "
-            "same request to get that id back", code="IDEMPOTENCY_CONFLICT",
-            param="request_key")
+    IDEMPOTENCY_CONFLICT (``idempotency``'s rule, which the procedures share)."""
+    where = f"request {found}" if found is not None else "an earlier line of this input"
+    idempotency.check(row["request_key"], stored,
+                      (row["operation"], row["account"], row["params"]), where)
 
 
 def _timestamp(text: str) -> datetime:

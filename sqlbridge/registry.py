@@ -88,6 +88,11 @@ MESSAGES: dict[str, str] = {
         "{operation}: give either 'userId' or both 'userDocType' and 'userDocValue'",
     "UNKNOWN_OPERATION": "unknown operation '{operation}'; known operations: {allowed}",
     "INVALID_PARAMS_JSON": "{operation}: params must be a JSON object",
+    # idempotency.check and the procedures' same-request check (tsql.same_request_sql).
+    "IDEMPOTENCY_CONFLICT":
+        "request_key '{key}' is already used by {where} ({operation}, account {account}); "
+        "this request differs in {differs}: use a new key, or send the same request to get "
+        "that id back",
 }
 
 TYPE_DESCRIPTIONS: dict[str, str] = {
@@ -107,7 +112,7 @@ def message(code: str, **values: object) -> str:
     return MESSAGES[code].format(**values)
 
 
-def _shorten(value: object) -> str:
+def shorten(value: object) -> str:
     text = str(value)
     return text if len(text) <= _GOT_LIMIT else text[: _GOT_LIMIT - 3] + "..."
 
@@ -338,7 +343,7 @@ def _refuse_undeclared_method(name: str) -> None:
     close = difflib.get_close_matches(name, siblings, n=1, cutoff=0.6)
     hint = f"did you mean '{close[0]}'? " if close else ""
     raise ValidationError(
-        f"unknown operation '{_shorten(name)}'; {hint}{cls} methods are: {', '.join(siblings)}",
+        f"unknown operation '{shorten(name)}'; {hint}{cls} methods are: {', '.join(siblings)}",
         code="UNKNOWN_OPERATION")
 
 
@@ -354,11 +359,11 @@ def resolve(name: str, provider: str | None = None) -> Operation:
     known = ", ".join(sorted(OPERATIONS)) + ", or any Afilnet class.method"
     if provider not in (None, "") and provider not in PROVIDERS:
         raise ValidationError(
-            f"unknown provider '{_shorten(provider)}'; allowed: {', '.join(PROVIDERS)}",
+            f"unknown provider '{shorten(provider)}'; allowed: {', '.join(PROVIDERS)}",
             code="UNKNOWN_OPERATION",
         )
     raise ValidationError(
-        message("UNKNOWN_OPERATION", operation=_shorten(name), allowed=known),
+        message("UNKNOWN_OPERATION", operation=shorten(name), allowed=known),
         code="UNKNOWN_OPERATION",
     )
 
@@ -435,19 +440,19 @@ def _check_value(op: Operation, p: Param, value: Any) -> Any:
         # Case-insensitive, like SQL Server's default collation: 'WhatsApp' means whatsapp.
         value = {a.lower(): a for a in p.allowed}.get(value.lower(), value)
     if p.allowed and value not in p.allowed:
-        raise fail(p.error_code, allowed=", ".join(p.allowed), got=_shorten(value))
+        raise fail(p.error_code, allowed=", ".join(p.allowed), got=shorten(value))
     if p.max_length is not None and len(value) > p.max_length:
         raise fail("PARAM_TOO_LONG", max_length=p.max_length)
     if p.type == "url":
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname or " " in value:
             raise fail(p.error_code if p.error_code != "INVALID_PARAM_VALUE" else "INCORRECT_URL",
-                       got=_shorten(value))
+                       got=shorten(value))
         if op.provider == "http":
             # The URL http.request will call must read the same to every parser (allowlist.py).
             problem = url_problem(value)
             if problem:
-                error = fail(p.error_code, got=_shorten(value))
+                error = fail(p.error_code, got=shorten(value))
                 raise ValidationError(f"{error}: {problem}", code=p.error_code, param=p.name)
     if p.type == "date":
         try:
@@ -455,7 +460,7 @@ def _check_value(op: Operation, p: Param, value: Any) -> Any:
                 raise ValueError
             datetime.strptime(value, "%d/%m/%Y")
         except ValueError:
-            raise fail("INVALID_DATE", got=_shorten(value)) from None
+            raise fail("INVALID_DATE", got=shorten(value)) from None
     return value
 
 
@@ -474,7 +479,7 @@ def validate(operation: str | Operation, params: str | Mapping[str, Any] | None,
         for key, value in given.items():
             if key.lower() in RESERVED_AFILNET_PARAMS or not _PASSTHROUGH_PARAM.match(key):
                 raise ValidationError(
-                    f"{op.name}: parameter '{_shorten(key)}' is not allowed; passthrough "
+                    f"{op.name}: parameter '{shorten(key)}' is not allowed; passthrough "
                     "parameters are plain names, and class, method, user and password come "
                     "from the operation and the account",
                     code="UNKNOWN_PARAM", param=key)
@@ -501,7 +506,7 @@ def validate(operation: str | Operation, params: str | Mapping[str, Any] | None,
     for key in flat:
         if op.param(key) is None:
             raise ValidationError(
-                message("UNKNOWN_PARAM", operation=op.name, param=_shorten(key),
+                message("UNKNOWN_PARAM", operation=op.name, param=shorten(key),
                         allowed=", ".join(allowed_names) or "none"),
                 code="UNKNOWN_PARAM", param=key)
 
