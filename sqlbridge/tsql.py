@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy.dialects import mssql
 from sqlalchemy.schema import CreateIndex, CreateTable
 
-from . import registry
+from . import idempotency, registry
 from .registry import ERROR_NUMBERS, Operation, Param
 from .schema import FINISHED, INBOX_TABLES, SCHEMA, metadata
 
@@ -47,7 +47,7 @@ def lit(text: str) -> str:
 
 
 def _short(expr: str) -> str:
-    """The caller's value as registry._shorten shows it in a message: at most 100 characters."""
+    """The caller's value as registry.shorten shows it in a message: at most 100 characters."""
     return f"CASE WHEN LEN({expr}) > 100 THEN LEFT({expr}, 97) + N'...' ELSE {expr} END"
 
 
@@ -65,7 +65,7 @@ def _message_sql(code: str, got: str | None = None, sql: Mapping[str, str] | Non
 
     ``values`` are known when generating (the operation, the parameter); ``sql`` maps the other
     placeholders to T-SQL expressions evaluated at run time; ``got`` is the caller's value,
-    shortened like registry._shorten. Built from ``registry.MESSAGES`` itself, so a reworded
+    shortened like registry.shorten. Built from ``registry.MESSAGES`` itself, so a reworded
     sentence changes the procedures on the next generation.
     """
     exprs = dict(sql or {})
@@ -441,6 +441,140 @@ def bad_operation_name(v: str) -> str:
             f"OR {b} LIKE N'%.%.%'")
 
 
+
+# -- the same-request rule for a used @request_key (sqlbridge.idempotency) ------------------------
+
+def differs(a: str, b: str) -> str:
+    """T-SQL that is 0 when ``a`` and ``b`` are the very same text, else 1: a binary collation
+    (case and accents count) and the same length (``=`` ignores trailing spaces); NULL
+    differs from everything."""
+    return (f"CASE WHEN {a} = {b} COLLATE Latin1_General_BIN2 "
+            f"AND DATALENGTH({a}) = DATALENGTH({b}) THEN 0 ELSE 1 END")
+
+
+def number_key_sql(value: str, indent: str) -> tuple[str, str]:
+    """idempotency.number_key in T-SQL, step for step: the CROSS APPLY clauses (one line
+    each, after ``indent``) and the key expression they feed (NULL beyond the limits).
+    ``value`` is the number's text, NULL for anything else (so long strings are not scanned)."""
+    applies = [
+        f"(SELECT {value} AS number) AS n0",
+        "(SELECT CASE WHEN LEFT(n0.number, 1) = N'-' THEN 1 ELSE 0 END AS minus, "
+        "SUBSTRING(n0.number, CASE WHEN LEFT(n0.number, 1) = N'-' THEN 2 ELSE 1 END, "
+        "LEN(n0.number)) AS unsigned) AS n1",
+        "(SELECT PATINDEX(N'%[eE]%', n1.unsigned) AS e) AS n2",
+        "(SELECT CASE WHEN n2.e > 0 THEN LEFT(n1.unsigned, n2.e - 1) ELSE n1.unsigned END "
+        "AS mantissa, CASE WHEN n2.e > 0 THEN TRY_CAST(SUBSTRING(n1.unsigned, n2.e + 1, "
+        "LEN(n1.unsigned)) AS INT) ELSE 0 END AS exponent) AS n3",
+        "(SELECT CHARINDEX(N'.', n3.mantissa) AS dot, REPLACE(n3.mantissa, N'.', N'') "
+        "AS digits) AS n4",
+        "(SELECT CAST(CASE WHEN n4.dot > 0 THEN n4.dot - 1 ELSE LEN(n3.mantissa) END AS BIGINT) "
+        "AS whole, CAST(CASE WHEN n4.dot > 0 THEN LEN(n3.mantissa) - n4.dot ELSE 0 END "
+        "AS BIGINT) AS fraction, PATINDEX(N'%[^0]%', n4.digits) AS lead, "
+        "PATINDEX(N'%[^0]%', REVERSE(n4.digits)) AS trail) AS n5",
+    ]
+    point = "n5.whole + n3.exponent - (n5.lead - 1)"
+    key = (f"CASE WHEN n3.exponent IS NULL OR n5.fraction - n3.exponent > {idempotency.MAX_SCALE} "
+           f"THEN NULL WHEN n5.lead = 0 THEN N'0' "
+           f"WHEN {point} > {idempotency.MAX_WHOLE_DIGITS} THEN NULL "
+           f"ELSE CONCAT(CASE WHEN n1.minus = 1 THEN N'-' END, SUBSTRING(n4.digits, n5.lead, "
+           f"LEN(n4.digits) - n5.lead - n5.trail + 2), N'e', {point}) END")
+    return "\n".join(f"{indent}CROSS APPLY {a}" for a in applies), key
+
+
+def same_params_procedure() -> str:
+    """sqlbridge.same_params: idempotency.same_params in T-SQL. Its own procedure so that
+    enqueue stays light: Babelfish compiles a procedure on its first call in each session, and
+    this body (OPENJSON, the number keys) costs seconds there; enqueue calls it only for a
+    used key whose params are spelled differently.
+
+    Each text is flattened with OPENJSON, one nesting level per loop (no recursive CTE), into
+    rows (path, type, value): the path spells every key with its length first (no two keys
+    can spell the same path), the value is a number's key, a string's or boolean's text (with
+    a terminator: ``=`` ignores trailing spaces), or NULL. The two sets of rows must be equal."""
+    applies, key = number_key_sql("CASE WHEN j.[type] = 2 THEN j.[value] END", " " * 12)
+    one_side = "SELECT path, type, value FROM @json WHERE side = {}"
+    depth = idempotency.MAX_DEPTH
+    body = f"""    -- The rule of sqlbridge/idempotency.py: the same JSON value, however it is spelled.
+    IF @stored IS NULL OR LTRIM(RTRIM(@stored)) = N'' SET @stored = N'{{}}';
+    IF @new IS NULL OR LTRIM(RTRIM(@new)) = N'' SET @new = N'{{}}';
+    SET @same = 1;
+    IF {differs("@stored", "@new")} = 0 RETURN 0;
+    SET @same = 0;
+    IF ISJSON(@stored) = 0 OR LEFT(LTRIM(@stored), 1) <> N'{{'
+        OR ISJSON(@new) = 0 OR LEFT(LTRIM(@new), 1) <> N'{{' RETURN 0;
+    DECLARE @depth INT = 0;
+    DECLARE @json TABLE (side TINYINT NOT NULL, depth INT NOT NULL,
+        path NVARCHAR(MAX) COLLATE Latin1_General_BIN2 NOT NULL, type INT NOT NULL,
+        json NVARCHAR(MAX) NULL, value NVARCHAR(MAX) COLLATE Latin1_General_BIN2 NULL);
+    INSERT INTO @json (side, depth, path, type, json)
+    VALUES (1, 0, N'', 5, @stored), (2, 0, N'', 5, @new);
+    WHILE @depth < {depth} AND EXISTS (SELECT 1 FROM @json WHERE depth = @depth AND type IN (4, 5))
+    BEGIN
+        INSERT INTO @json (side, depth, path, type, json, value)
+        SELECT n.side, @depth + 1,
+            CONCAT(n.path, N'/', LEN(j.[key] + N'x') - 1, N':', j.[key]), j.[type],
+            CASE WHEN j.[type] IN (4, 5) THEN j.[value] END,
+            CASE WHEN j.[type] = 2 THEN {key}
+                WHEN j.[type] IN (1, 3) THEN CONCAT(j.[value], N'|') END
+        FROM @json AS n CROSS APPLY OPENJSON(n.json) AS j
+{applies}
+        WHERE n.depth = @depth AND n.type IN (4, 5);
+        SET @depth = @depth + 1;
+    END;
+    -- Undecidable counts as different: a number beyond the limits, containers nested
+    -- {depth} deep, a repeated key.
+    IF EXISTS (SELECT 1 FROM @json WHERE type = 2 AND value IS NULL)
+        OR EXISTS (SELECT 1 FROM @json WHERE depth = {depth} AND type IN (4, 5))
+        OR EXISTS (SELECT 1 FROM @json GROUP BY side, path HAVING COUNT(*) > 1)
+        OR EXISTS ({one_side.format(1)} EXCEPT {one_side.format(2)})
+        OR EXISTS ({one_side.format(2)} EXCEPT {one_side.format(1)})
+        RETURN 0;
+    SET @same = 1;
+    RETURN 0;"""
+    return ("-- Whether two params texts are the same JSON value (sqlbridge.idempotency's "
+            "rule);\n-- enqueue calls it for a request_key already used with other text.\n"
+            + _procedure("same_params", [("@stored", "NVARCHAR(MAX)"), ("@new", "NVARCHAR(MAX)"),
+                                         ("@same", "BIT = NULL OUTPUT")], body,
+                         # Reads no table; callers may ask it directly. Granted on every
+                         # engine: Babelfish (no ownership chaining) needs it for enqueue.
+                         (CALLER, OPERATOR)))
+
+
+def same_request_sql() -> str:
+    """The enqueue procedure's check of a request found under @request_key (@found = 1):
+    idempotency's rule, else THROW IDEMPOTENCY_CONFLICT naming the key and what differs."""
+    operation, account, parameters = idempotency.FIELDS
+    message = _message_sql("IDEMPOTENCY_CONFLICT", sql={
+        "key": _short("@request_key"), "where": "CONCAT(N'request ', @request_id)",
+        "operation": _short("@found_operation"), "account": _short("@found_account"),
+        "differs": "@differs"})
+    return f"""    -- A request already stored under @request_key must be this very request (the rule of
+    -- sqlbridge/idempotency.py): the same operation and account exactly, and params that are
+    -- the same JSON value however they are spelled. Anything else is refused.
+    IF @found = 1
+    BEGIN
+        DECLARE @differs NVARCHAR(100) = N'', @same BIT = 1;
+        IF {differs("@operation", "@found_operation")} = 1 SET @differs = N', {operation}';
+        IF {differs("COALESCE(@account, N'default')", "@found_account")} = 1
+            SET @differs = @differs + N', {account}';
+        IF {differs("@params", "@found_params")} = 1
+            EXEC {SCHEMA}.same_params @stored = @found_params, @new = @params,
+                @same = @same OUTPUT;
+        IF @same = 0 SET @differs = @differs + N', {parameters}';
+        IF @differs <> N''
+        BEGIN
+            SET @differs = STUFF(@differs, 1, 2, N'');
+            {_throw("IDEMPOTENCY_CONFLICT", message)}
+        END;
+    END;"""
+
+
+# The application lock enqueue takes per request_key: lower case, since the unique index on
+# request_key follows the database's (usually case-insensitive) collation. 22 + 200 characters
+# fit sp_getapplock's 255.
+REQUEST_KEY_LOCK = "CONCAT(N'sqlbridge.request_key:', LOWER(@request_key))"
+
+
 def generic_procedures() -> list[str]:
     n = ERROR_NUMBERS
     unknown = _message_sql("UNKNOWN_OPERATION", sql={"operation": _short("@operation")},
@@ -459,9 +593,20 @@ def generic_procedures() -> list[str]:
     -- One transaction, so the key check and the insert are atomic: UPDLOCK + HOLDLOCK keep a
     -- concurrent caller with the same key waiting until this one has inserted (no MERGE,
     -- which Babelfish lacks). It nests in the caller's transaction when there is one.
+    DECLARE @found BIT = 0, @found_operation NVARCHAR(100), @found_account NVARCHAR(100),
+        @found_params NVARCHAR(MAX);
     BEGIN TRANSACTION;
+    -- Babelfish takes no key-range lock for HOLDLOCK, so two callers with a new key both
+    -- found nothing and the second INSERT failed on the unique index: an application lock on
+    -- the key (held to the end of the transaction) serialises them on every engine.
+    DECLARE @key_lock NVARCHAR(255) = {REQUEST_KEY_LOCK};
     IF @request_key IS NOT NULL
-        SELECT @request_id = id FROM {SCHEMA}.outbox WITH (UPDLOCK, HOLDLOCK)
+        EXEC sp_getapplock @Resource = @key_lock, @LockMode = N'Exclusive',
+            @LockOwner = N'Transaction';
+    IF @request_key IS NOT NULL
+        SELECT @request_id = id, @found = 1, @found_operation = operation,
+            @found_account = account, @found_params = params
+        FROM {SCHEMA}.outbox WITH (UPDLOCK, HOLDLOCK)
         WHERE request_key = @request_key;
     IF @request_id IS NULL
     BEGIN
@@ -472,7 +617,9 @@ def generic_procedures() -> list[str]:
             COALESCE(@not_before, SYSUTCDATETIME()), @correlation);
         SET @request_id = CAST(SCOPE_IDENTITY() AS BIGINT);
     END;
-    COMMIT TRANSACTION;"""
+    COMMIT TRANSACTION;
+    -- Checked after the commit: the stored row's operation, account and params never change.
+{same_request_sql()}"""
     reserved = ", ".join(lit(k) for k in registry.RESERVED_AFILNET_PARAMS)
     not_allowed = f"CONCAT(@operation, {lit(': parameter ' + chr(39))}, {_short('@bad')}, " \
                   f"{lit(_NOT_ALLOWED)})"
@@ -590,6 +737,7 @@ def generic_procedures() -> list[str]:
     common = list(COMMON_PARAMS)
     callers = (CALLER, OPERATOR)
     return [
+        same_params_procedure(),
         "-- The generic enqueue every endpoint procedure calls. Validates the envelope; the\n"
         "-- worker validates the parameters of operations enqueued here directly.\n"
         + _procedure("enqueue", [("@operation", "NVARCHAR(100)"),
@@ -780,8 +928,8 @@ def views_script() -> str:
 
 ROLES = {
     CALLER: "enqueue (endpoint procedures, enqueue, afilnet_call, "
-            "invoke_external_rest_endpoint), wait_for, cancel, take_messages; read the views "
-            "and the inbox tables",
+            "invoke_external_rest_endpoint), wait_for, cancel, take_messages, same_params; read "
+            "the views and the inbox tables",
     OPERATOR: "everything sqlbridge_caller may, plus retry, retry_requests, cancel_requests, "
               "schedule_sync and unschedule_sync, and read operator_action",
     WORKER: "the worker's login: read and write the sqlbridge tables, nothing else",

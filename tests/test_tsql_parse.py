@@ -473,7 +473,8 @@ def test_roles_grant_exactly_what_the_contract_says() -> None:
     g = grants()
     assert set(g) == {tsql.CALLER, tsql.OPERATOR, tsql.WORKER}
     endpoints = {op.procedure for op in registry.OPERATIONS.values()}
-    caller_procs = endpoints | {"enqueue", "afilnet_call", "wait_for", "cancel", "take_messages"}
+    caller_procs = endpoints | {"enqueue", "afilnet_call", "wait_for", "cancel", "take_messages",
+                                "same_params"}
     readable = set(tsql.VIEWS) | {t.name for t in INBOX_TABLES}
     assert g[tsql.CALLER] == ({("EXECUTE", p) for p in caller_procs}
                               | {("SELECT", o) for o in readable})

@@ -9,7 +9,7 @@
 --   CREATE USER app_user FOR LOGIN app_login;
 --   ALTER ROLE sqlbridge_caller ADD MEMBER app_user;
 
--- sqlbridge_caller: enqueue (endpoint procedures, enqueue, afilnet_call, invoke_external_rest_endpoint), wait_for, cancel, take_messages; read the views and the inbox tables
+-- sqlbridge_caller: enqueue (endpoint procedures, enqueue, afilnet_call, invoke_external_rest_endpoint), wait_for, cancel, take_messages, same_params; read the views and the inbox tables
 IF DATABASE_PRINCIPAL_ID(N'sqlbridge_caller') IS NULL EXEC (N'CREATE ROLE sqlbridge_caller');
 -- sqlbridge_operator: everything sqlbridge_caller may, plus retry, retry_requests, cancel_requests, schedule_sync and unschedule_sync, and read operator_action
 IF DATABASE_PRINCIPAL_ID(N'sqlbridge_operator') IS NULL EXEC (N'CREATE ROLE sqlbridge_operator');

@@ -4,6 +4,68 @@
 -- Repeatable: re-applied whenever this file changes. Runs after 100_roles.sql (the roles
 -- it grants to) and the engine script (sqlbridge.sleep_ms).
 
+-- Whether two params texts are the same JSON value (sqlbridge.idempotency's rule);
+-- enqueue calls it for a request_key already used with other text.
+IF OBJECT_ID(N'sqlbridge.same_params', N'P') IS NULL
+    EXEC (N'CREATE PROCEDURE sqlbridge.same_params AS RETURN 0');
+GO
+ALTER PROCEDURE sqlbridge.same_params
+    @stored NVARCHAR(MAX),
+    @new NVARCHAR(MAX),
+    @same BIT = NULL OUTPUT
+AS
+BEGIN
+    SET NOCOUNT ON;
+    SET XACT_ABORT ON;
+    DECLARE @msg NVARCHAR(2048);
+    -- The rule of sqlbridge/idempotency.py: the same JSON value, however it is spelled.
+    IF @stored IS NULL OR LTRIM(RTRIM(@stored)) = N'' SET @stored = N'{}';
+    IF @new IS NULL OR LTRIM(RTRIM(@new)) = N'' SET @new = N'{}';
+    SET @same = 1;
+    IF CASE WHEN @stored = @new COLLATE Latin1_General_BIN2 AND DATALENGTH(@stored) = DATALENGTH(@new) THEN 0 ELSE 1 END = 0 RETURN 0;
+    SET @same = 0;
+    IF ISJSON(@stored) = 0 OR LEFT(LTRIM(@stored), 1) <> N'{'
+        OR ISJSON(@new) = 0 OR LEFT(LTRIM(@new), 1) <> N'{' RETURN 0;
+    DECLARE @depth INT = 0;
+    DECLARE @json TABLE (side TINYINT NOT NULL, depth INT NOT NULL,
+        path NVARCHAR(MAX) COLLATE Latin1_General_BIN2 NOT NULL, type INT NOT NULL,
+        json NVARCHAR(MAX) NULL, value NVARCHAR(MAX) COLLATE Latin1_General_BIN2 NULL);
+    INSERT INTO @json (side, depth, path, type, json)
+    VALUES (1, 0, N'', 5, @stored), (2, 0, N'', 5, @new);
+    WHILE @depth < 32 AND EXISTS (SELECT 1 FROM @json WHERE depth = @depth AND type IN (4, 5))
+    BEGIN
+        INSERT INTO @json (side, depth, path, type, json, value)
+        SELECT n.side, @depth + 1,
+            CONCAT(n.path, N'/', LEN(j.[key] + N'x') - 1, N':', j.[key]), j.[type],
+            CASE WHEN j.[type] IN (4, 5) THEN j.[value] END,
+            CASE WHEN j.[type] = 2 THEN CASE WHEN n3.exponent IS NULL OR n5.fraction - n3.exponent > 16383 THEN NULL WHEN n5.lead = 0 THEN N'0' WHEN n5.whole + n3.exponent - (n5.lead - 1) > 131072 THEN NULL ELSE CONCAT(CASE WHEN n1.minus = 1 THEN N'-' END, SUBSTRING(n4.digits, n5.lead, LEN(n4.digits) - n5.lead - n5.trail + 2), N'e', n5.whole + n3.exponent - (n5.lead - 1)) END
+                WHEN j.[type] IN (1, 3) THEN CONCAT(j.[value], N'|') END
+        FROM @json AS n CROSS APPLY OPENJSON(n.json) AS j
+            CROSS APPLY (SELECT CASE WHEN j.[type] = 2 THEN j.[value] END AS number) AS n0
+            CROSS APPLY (SELECT CASE WHEN LEFT(n0.number, 1) = N'-' THEN 1 ELSE 0 END AS minus, SUBSTRING(n0.number, CASE WHEN LEFT(n0.number, 1) = N'-' THEN 2 ELSE 1 END, LEN(n0.number)) AS unsigned) AS n1
+            CROSS APPLY (SELECT PATINDEX(N'%[eE]%', n1.unsigned) AS e) AS n2
+            CROSS APPLY (SELECT CASE WHEN n2.e > 0 THEN LEFT(n1.unsigned, n2.e - 1) ELSE n1.unsigned END AS mantissa, CASE WHEN n2.e > 0 THEN TRY_CAST(SUBSTRING(n1.unsigned, n2.e + 1, LEN(n1.unsigned)) AS INT) ELSE 0 END AS exponent) AS n3
+            CROSS APPLY (SELECT CHARINDEX(N'.', n3.mantissa) AS dot, REPLACE(n3.mantissa, N'.', N'') AS digits) AS n4
+            CROSS APPLY (SELECT CAST(CASE WHEN n4.dot > 0 THEN n4.dot - 1 ELSE LEN(n3.mantissa) END AS BIGINT) AS whole, CAST(CASE WHEN n4.dot > 0 THEN LEN(n3.mantissa) - n4.dot ELSE 0 END AS BIGINT) AS fraction, PATINDEX(N'%[^0]%', n4.digits) AS lead, PATINDEX(N'%[^0]%', REVERSE(n4.digits)) AS trail) AS n5
+        WHERE n.depth = @depth AND n.type IN (4, 5);
+        SET @depth = @depth + 1;
+    END;
+    -- Undecidable counts as different: a number beyond the limits, containers nested
+    -- 32 deep, a repeated key.
+    IF EXISTS (SELECT 1 FROM @json WHERE type = 2 AND value IS NULL)
+        OR EXISTS (SELECT 1 FROM @json WHERE depth = 32 AND type IN (4, 5))
+        OR EXISTS (SELECT 1 FROM @json GROUP BY side, path HAVING COUNT(*) > 1)
+        OR EXISTS (SELECT path, type, value FROM @json WHERE side = 1 EXCEPT SELECT path, type, value FROM @json WHERE side = 2)
+        OR EXISTS (SELECT path, type, value FROM @json WHERE side = 2 EXCEPT SELECT path, type, value FROM @json WHERE side = 1)
+        RETURN 0;
+    SET @same = 1;
+    RETURN 0;
+END;
+GO
+GRANT EXECUTE ON sqlbridge.same_params TO sqlbridge_caller;
+GRANT EXECUTE ON sqlbridge.same_params TO sqlbridge_operator;
+GO
+
 -- The generic enqueue every endpoint procedure calls. Validates the envelope; the
 -- worker validates the parameters of operations enqueued here directly.
 IF OBJECT_ID(N'sqlbridge.enqueue', N'P') IS NULL
@@ -37,9 +99,20 @@ BEGIN
     -- One transaction, so the key check and the insert are atomic: UPDLOCK + HOLDLOCK keep a
     -- concurrent caller with the same key waiting until this one has inserted (no MERGE,
     -- which Babelfish lacks). It nests in the caller's transaction when there is one.
+    DECLARE @found BIT = 0, @found_operation NVARCHAR(100), @found_account NVARCHAR(100),
+        @found_params NVARCHAR(MAX);
     BEGIN TRANSACTION;
+    -- Babelfish takes no key-range lock for HOLDLOCK, so two callers with a new key both
+    -- found nothing and the second INSERT failed on the unique index: an application lock on
+    -- the key (held to the end of the transaction) serialises them on every engine.
+    DECLARE @key_lock NVARCHAR(255) = CONCAT(N'sqlbridge.request_key:', LOWER(@request_key));
     IF @request_key IS NOT NULL
-        SELECT @request_id = id FROM sqlbridge.outbox WITH (UPDLOCK, HOLDLOCK)
+        EXEC sp_getapplock @Resource = @key_lock, @LockMode = N'Exclusive',
+            @LockOwner = N'Transaction';
+    IF @request_key IS NOT NULL
+        SELECT @request_id = id, @found = 1, @found_operation = operation,
+            @found_account = account, @found_params = params
+        FROM sqlbridge.outbox WITH (UPDLOCK, HOLDLOCK)
         WHERE request_key = @request_key;
     IF @request_id IS NULL
     BEGIN
@@ -51,6 +124,26 @@ BEGIN
         SET @request_id = CAST(SCOPE_IDENTITY() AS BIGINT);
     END;
     COMMIT TRANSACTION;
+    -- Checked after the commit: the stored row's operation, account and params never change.
+    -- A request already stored under @request_key must be this very request (the rule of
+    -- sqlbridge/idempotency.py): the same operation and account exactly, and params that are
+    -- the same JSON value however they are spelled. Anything else is refused.
+    IF @found = 1
+    BEGIN
+        DECLARE @differs NVARCHAR(100) = N'', @same BIT = 1;
+        IF CASE WHEN @operation = @found_operation COLLATE Latin1_General_BIN2 AND DATALENGTH(@operation) = DATALENGTH(@found_operation) THEN 0 ELSE 1 END = 1 SET @differs = N', operation';
+        IF CASE WHEN COALESCE(@account, N'default') = @found_account COLLATE Latin1_General_BIN2 AND DATALENGTH(COALESCE(@account, N'default')) = DATALENGTH(@found_account) THEN 0 ELSE 1 END = 1
+            SET @differs = @differs + N', account';
+        IF CASE WHEN @params = @found_params COLLATE Latin1_General_BIN2 AND DATALENGTH(@params) = DATALENGTH(@found_params) THEN 0 ELSE 1 END = 1
+            EXEC sqlbridge.same_params @stored = @found_params, @new = @params,
+                @same = @same OUTPUT;
+        IF @same = 0 SET @differs = @differs + N', parameters';
+        IF @differs <> N''
+        BEGIN
+            SET @differs = STUFF(@differs, 1, 2, N'');
+            BEGIN SET @msg = CONCAT(N'request_key ''', CASE WHEN LEN(@request_key) > 100 THEN LEFT(@request_key, 97) + N'...' ELSE @request_key END, N''' is already used by ', CONCAT(N'request ', @request_id), N' (', CASE WHEN LEN(@found_operation) > 100 THEN LEFT(@found_operation, 97) + N'...' ELSE @found_operation END, N', account ', CASE WHEN LEN(@found_account) > 100 THEN LEFT(@found_account, 97) + N'...' ELSE @found_account END, N'); this request differs in ', @differs, N': use a new key, or send the same request to get that id back'); THROW 51014, @msg, 1; END
+        END;
+    END;
 END;
 GO
 GRANT EXECUTE ON sqlbridge.enqueue TO sqlbridge_caller;

@@ -28,7 +28,7 @@ END;
 GO
 -- No ownership chaining for procedures on Babelfish: the tables each role's
 -- procedures touch, granted to the role itself (see docs/sqlserver.md, Babelfish).
--- sqlbridge_caller: enqueue (endpoint procedures, enqueue, afilnet_call, invoke_external_rest_endpoint), wait_for, cancel, take_messages; read the views and the inbox tables
+-- sqlbridge_caller: enqueue (endpoint procedures, enqueue, afilnet_call, invoke_external_rest_endpoint), wait_for, cancel, take_messages, same_params; read the views and the inbox tables
 IF DATABASE_PRINCIPAL_ID(N'sqlbridge_caller') IS NULL EXEC (N'CREATE ROLE sqlbridge_caller');
 -- sqlbridge_operator: everything sqlbridge_caller may, plus retry, retry_requests, cancel_requests, schedule_sync and unschedule_sync, and read operator_action
 IF DATABASE_PRINCIPAL_ID(N'sqlbridge_operator') IS NULL EXEC (N'CREATE ROLE sqlbridge_operator');
