@@ -560,6 +560,12 @@ CALLER_CAN = [
     (call_batch("EXEC sqlbridge.afilnet_chat_getchatchannels"), True),
     (call_batch("EXEC sqlbridge.afilnet_chat_sendmessage @platform = N'whatsapp', "
                 "@platformid = N'1', @destination = N'2', @message = N'olá'"), True),
+    # A used key (sp_getapplock), again with params spelled otherwise (sqlbridge.same_params:
+    # Babelfish's missing ownership chaining needs its EXECUTE granted to the role).
+    (call_batch("EXEC sqlbridge.enqueue @operation = N'sms.sendsms', "
+                "@params = N'{\"to\":\"1\"}', @request_key = N'role-key'"), True),
+    (call_batch("EXEC sqlbridge.enqueue @operation = N'sms.sendsms', "
+                "@params = N'{ \"to\" : \"\\u0031\" }', @request_key = N'role-key'"), True),
     ("EXEC sqlbridge.cancel @request_id = :id", True),
     ("EXEC sqlbridge.wait_for @request_id = :id, @timeout_ms = 10", True),
     ("EXEC sqlbridge.retry @request_id = :id", False),
