@@ -146,9 +146,6 @@ def test_a_value_spelled_by_python_and_by_for_json_is_the_same() -> None:
 
 # -- Python's enqueue paths on SQLite ------------------------------------------------------------
 
-HTTP = {"url": "https://a.example/x", "method": "POST"}
-
-
 def http_params(payload: str) -> str:
     return '{"url":"https://a.example/x","method":"POST","payload":' + payload + "}"
 
