@@ -8,7 +8,9 @@ silent library retry of a send would deliver a chat message twice.
 The adapter is ``netguard.GuardedAdapter``: inside ``netguard.pinned()`` (``http.request``) it
 connects to the address that passed the allowlist's address check and nowhere else; outside, it
 is requests' own adapter. ``request_options`` turns an account's TLS and proxy settings into the
-keyword arguments every provider passes to ``Transport.send``.
+keyword arguments every provider passes to ``Transport.send``. ``trust_env`` is off: what the
+environment says (``HTTP(S)_PROXY``, ``NO_PROXY``, ``REQUESTS_CA_BUNDLE``) is added by the
+transport from ``environment.Environment``, read once per URL instead of on every call.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ def make_session(pool_size: int = 8) -> requests.Session:
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.headers["User-Agent"] = USER_AGENT
+    # The environment (proxies, CA bundle) is read once per URL by ``environment.Environment``,
+    # not by requests on every call; netrc is never read (credentials come from accounts).
+    session.trust_env = False
     # One session serves every account: a cookie set by an answer for one account must never
     # ride along on another account's request to the same host.
     session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
@@ -54,7 +59,7 @@ def request_options(settings: TransportSettings, *, environment_proxies: bool = 
     take ``HTTP(S)_PROXY`` from the environment; ``environment_proxies=False`` (http.request)
     refuses that, because the address check and the pinned connection hold only when sqlbridge
     itself connects, or goes through a proxy the account names; it also keeps netrc
-    credentials out of the request.
+    credentials out of the request (belt and braces: the session does not read netrc).
     """
     options: dict[str, Any] = {
         "verify": (settings.ca_bundle or True) if settings.verify_tls else False}

@@ -39,6 +39,7 @@ from ..backoff import parse_retry_after
 from ..errors import ProtocolError, ProviderError, TransientError
 from ..redact import excerpt, spellings
 from . import watchdog
+from .environment import Environment
 from .ratelimit import RateLimiter
 from .session import make_session
 
@@ -60,6 +61,8 @@ class Transport:
     def __init__(self, pool_size: int = 8) -> None:
         self.session = make_session(pool_size)
         self.limiter = RateLimiter()
+        # HTTP(S)_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE: read once per URL (session.trust_env off).
+        self.environment = Environment()
 
     def close(self) -> None:
         self.session.close()
@@ -112,7 +115,7 @@ class Transport:
             # Redirects are not followed: a 30x to another host would step around the
             # http.request allowlist, and a redirected POST silently becomes a GET.
             return self.session.request(method, url, timeout=timeout, allow_redirects=False,
-                                        stream=True, **kwargs)
+                                        stream=True, **self.environment.apply(url, kwargs))
         except requests.ConnectTimeout:
             raise TransientError(f"{what}: could not connect within {timeout[0]:g}s",
                                  code="CONNECT_TIMEOUT", delivered=False) from None
