@@ -18,6 +18,7 @@ import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -141,6 +142,12 @@ class Account:
         credential, ``user:password`` of each pair (what Basic auth encodes), each header value
         and its credential-bearing parts (the token of ``Bearer tok``, what ``Basic`` encodes),
         and a proxy's password. ``redact`` adds the encoded spellings of each."""
+        return list(self._secrets)
+
+    @cached_property
+    def _secrets(self) -> tuple[str, ...]:
+        # Worked out once per Account (settings are frozen): every call and every answer is
+        # scrubbed with these, so a worker asked for them on every request.
         values: list[str] = []
         for section in (self.afilnet, self.anna):
             if section.user and section.password:
@@ -164,7 +171,7 @@ class Account:
                 if proxy.password:
                     user, password = unquote(proxy.username or ""), unquote(proxy.password)
                     values.extend([proxy.password, password, f"{user}:{password}"])
-        return list(dict.fromkeys(v for v in values if len(v) >= 3))
+        return tuple(dict.fromkeys(v for v in values if len(v) >= 3))
 
 
 @dataclass(frozen=True)
@@ -200,7 +207,13 @@ class Settings:
             ) from None
 
     def secrets(self) -> list[str]:
-        return [s for a in self.accounts.values() for s in a.secrets()]
+        """Every account's secrets (``Account.secrets``), worked out once per Settings: each
+        request's outcome is scrubbed with all of them, so this is on every request's path."""
+        return list(self._secrets)
+
+    @cached_property
+    def _secrets(self) -> tuple[str, ...]:
+        return tuple(s for a in self.accounts.values() for s in a._secrets)
 
     def with_database_url(self, url: str | None) -> Settings:
         return replace(self, database_url=url) if url else self

@@ -54,10 +54,12 @@ def attempts_written(completions: Iterable[Any], fenced: Sequence[int] = ()) -> 
     """Log one line per attempt the worker just wrote (or lost to a newer lease holder)."""
     for c in completions:
         lost = c.id in fenced
+        dead = is_dead_letter(c)
+        level = logging.WARNING if (c.status == "uncertain" or lost or dead) else logging.INFO
+        if not log.isEnabledFor(level):
+            continue  # (--log-level warning): no line, so none is built
         fields = attempt_fields(c, fenced=lost)
-        level = logging.WARNING if (c.status == "uncertain" or lost or is_dead_letter(c)) \
-            else logging.INFO
-        if is_dead_letter(c):
+        if dead:
             fields["dead_letter"] = True
         text = " ".join(f"{k}={'-' if fields[k] is None else fields[k]}" for k in FIELDS)
         if fields.get("dead_letter"):
