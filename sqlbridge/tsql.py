@@ -879,6 +879,10 @@ def bulk_procedures() -> list[str]:
     return [bulk_procedure("retry"), bulk_procedure("cancel")]
 
 
+# The view an autoscaler reads the queue depth from (README, docs/operations.md).
+QUEUED_DEPTH_VIEW = "queued_depth"
+
+
 def _queue_health_sql() -> str:
     """sqlbridge.monitoring's query, compiled for SQL Server: one definition for both."""
     from .monitoring import queue_health_select
@@ -911,7 +915,17 @@ FROM {SCHEMA}.outbox WHERE status = N'processing' AND locked_until < SYSUTCDATET
     "request_results": f"""SELECT id, request_key, account, provider, operation, status, attempts,
     http_status, response, error_code, error_message, correlation, created_at, finished_at
 FROM {SCHEMA}.outbox""",
+    # One row, one number: the queued requests that are due now (not those waiting for a
+    # not_before or a retry's back-off, which no added worker could take yet). What an
+    # autoscaler reads (KEDA's mssql scaler: deploy/kubernetes/keda.yaml); a seek on the
+    # filtered ix_outbox_claim (available_at, ...) WHERE status = 'queued', so it costs the
+    # due rows' index entries, never the finished history.
+    QUEUED_DEPTH_VIEW: f"""SELECT COUNT_BIG(*) AS depth
+FROM {SCHEMA}.outbox WHERE status = N'queued' AND available_at <= SYSUTCDATETIME()""",
 }
+# Who may read each view (default: callers and operators). The queue depth also the workers'
+# role, so an autoscaler can log in as the workers do; they read the whole outbox anyway.
+VIEW_READERS = {QUEUED_DEPTH_VIEW: (CALLER, OPERATOR, WORKER)}
 
 
 def views_script() -> str:
@@ -919,7 +933,7 @@ def views_script() -> str:
            "again and\n-- granted again (dropping a view drops its permissions).\n"]
     for name, select in VIEWS.items():
         grants = "".join(f"GRANT SELECT ON {SCHEMA}.{name} TO {role};\n"
-                         for role in (CALLER, OPERATOR))
+                         for role in VIEW_READERS.get(name, (CALLER, OPERATOR)))
         out.append(f"IF OBJECT_ID(N'{SCHEMA}.{name}', N'V') IS NOT NULL DROP VIEW "
                    f"{SCHEMA}.{name};\n{GO}\nCREATE VIEW {SCHEMA}.{name} AS\n{select};\n{GO}\n"
                    f"{grants}{GO}\n")

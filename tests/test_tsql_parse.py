@@ -484,7 +484,10 @@ def test_roles_grant_exactly_what_the_contract_says() -> None:
         ("SELECT", "operator_action")}
     worker = g[tsql.WORKER]
     assert {perm for perm, _ in worker} <= {"SELECT", "INSERT", "UPDATE", "DELETE"}
-    assert {obj for _, obj in worker} <= {t.name for t in metadata.sorted_tables}
+    # Tables, plus reading the queue depth (an autoscaler may log in as the workers do).
+    assert {obj for _, obj in worker} <= {t.name for t in metadata.sorted_tables} | {
+        tsql.QUEUED_DEPTH_VIEW}
+    assert [perm for perm, obj in worker if obj == tsql.QUEUED_DEPTH_VIEW] == ["SELECT"]
     assert ("UPDATE", "outbox") in worker and ("INSERT", "chat_message") in worker
     assert ("UPDATE", "outbox") not in g[tsql.CALLER]
     assert not any(obj == "sleep_ms" for role in g.values() for _, obj in role)

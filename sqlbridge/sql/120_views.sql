@@ -61,3 +61,14 @@ GO
 GRANT SELECT ON sqlbridge.request_results TO sqlbridge_caller;
 GRANT SELECT ON sqlbridge.request_results TO sqlbridge_operator;
 GO
+
+IF OBJECT_ID(N'sqlbridge.queued_depth', N'V') IS NOT NULL DROP VIEW sqlbridge.queued_depth;
+GO
+CREATE VIEW sqlbridge.queued_depth AS
+SELECT COUNT_BIG(*) AS depth
+FROM sqlbridge.outbox WHERE status = N'queued' AND available_at <= SYSUTCDATETIME();
+GO
+GRANT SELECT ON sqlbridge.queued_depth TO sqlbridge_caller;
+GRANT SELECT ON sqlbridge.queued_depth TO sqlbridge_operator;
+GRANT SELECT ON sqlbridge.queued_depth TO sqlbridge_worker;
+GO
