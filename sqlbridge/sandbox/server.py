@@ -55,6 +55,10 @@ def _operation(path: str, form: dict[str, str]) -> str:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default listen backlog is 5: a worker opening 64 keep-alive connections at
+    # once overflowed it, and the connections dropped from the accept queue came back as
+    # CONNECTION_LOST after a second (the benchmark's c = 64 case lost requests that way).
+    request_queue_size = 128
     sandbox: Sandbox
 
     def __init__(self, address: tuple[str, int], sandbox: Sandbox) -> None:
