@@ -32,3 +32,13 @@ def test_the_benchmark_runs_and_writes_its_figures(tmp_path: Path) -> None:
     for line in ("sequential (sp_OA pattern)", "worker c=8 (2 processes)", "idle worker:",
                  "claim of 50:", "bulk enqueue", "peak resident memory"):
         assert line in done.stdout
+
+
+@pytest.mark.slow
+def test_the_per_request_cpu_breakdown_runs(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_request_cpu.py"),
+                           "--requests", "40", "--batch", "10"], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "40 requests, batches of 10" in done.stdout
+    assert "CPU per request (ms): claim " in done.stdout
