@@ -192,15 +192,30 @@ def _tidy(ddl: str) -> str:
 def _procedure(name: str, params: Iterable[tuple[str, str]], body: str,
                grant_to: Iterable[str] = ()) -> str:
     """Stub, then ALTER: re-runnable without CREATE OR ALTER (Babelfish lacks it), and ALTER
-    keeps the procedure's permissions. The GRANTs follow the procedure they are about."""
+    keeps the procedure's permissions. The GRANTs follow the procedure they are about.
+
+    Except a procedure with a schema-qualified parameter type: Babelfish's ALTER PROCEDURE does
+    not map the type's schema to its own ("schema "sqlbridge" does not exist"; CREATE does), so
+    that one is dropped and created, and only the GRANTs below survive a re-install."""
     full = f"{SCHEMA}.{name}"
     args = ",\n".join(f"    {n} {t}" for n, t in params)
     grants = "".join(f"GRANT EXECUTE ON {full} TO {role};\n" for role in grant_to)
-    return (f"IF OBJECT_ID(N'{full}', N'P') IS NULL\n"
-            f"    EXEC (N'CREATE PROCEDURE {full} AS RETURN 0');\n{GO}\n"
-            f"ALTER PROCEDURE {full}\n{args}\nAS\nBEGIN\n    SET NOCOUNT ON;\n"
+    if any(has_qualified_type(t) for _, t in params):
+        head = (f"IF OBJECT_ID(N'{full}', N'P') IS NOT NULL\n    DROP PROCEDURE {full};\n{GO}\n"
+                f"CREATE PROCEDURE {full}")
+    else:
+        head = (f"IF OBJECT_ID(N'{full}', N'P') IS NULL\n"
+                f"    EXEC (N'CREATE PROCEDURE {full} AS RETURN 0');\n{GO}\n"
+                f"ALTER PROCEDURE {full}")
+    return (f"{head}\n{args}\nAS\nBEGIN\n    SET NOCOUNT ON;\n"
             f"    SET XACT_ABORT ON;\n    DECLARE @msg NVARCHAR(2048);\n{body}\nEND;\n{GO}\n"
             + (f"{grants}{GO}\n" if grants else ""))
+
+
+def has_qualified_type(declaration: str) -> bool:
+    """True for a parameter declared with a schema.type name, e.g. ``sqlbridge.response_text =
+    NULL OUTPUT`` (system types have no dot)."""
+    return "." in declaration.split("=", 1)[0]
 
 
 def _sql_type(p: Param) -> str:
@@ -311,7 +326,8 @@ def _json_object(members: list[str]) -> str:
             f"            {inner}), 1, 1, N''), N'}}')")
 
 
-def endpoint_procedure(op: Operation) -> str:
+def endpoint_procedure(op: Operation,
+                       extra_params: Iterable[tuple[str, str]] = ()) -> str:
     lines: list[str] = []
     for p in op.params:
         lines.extend(_checks(op, p))
@@ -337,7 +353,7 @@ def endpoint_procedure(op: Operation) -> str:
     body = "\n".join("    " + line for line in lines)
     params = [(p.sql_name, _sql_type(p) + " = "
                + (lit(str(p.default)) if p.default is not None else "NULL"))
-              for p in op.params] + list(COMMON_PARAMS)
+              for p in op.params] + list(COMMON_PARAMS) + list(extra_params)
     doc = f"-- {op.name}: {op.description}\n"
     return doc + _procedure(op.procedure, params, body, grant_to=(CALLER, OPERATOR))
 
@@ -345,8 +361,13 @@ def endpoint_procedure(op: Operation) -> str:
 # sqlbridge.invoke_external_rest_endpoint takes these after the common parameters, so its
 # signature is a superset of SQL Server 2025's sp_invoke_external_rest_endpoint (@url, @method,
 # @headers, @payload, @timeout, @credential, @response OUTPUT) plus sqlbridge's own.
+#
+# @response is NVARCHAR(MAX) under another name: Babelfish cannot bind any (N)VARCHAR(MAX) OUTPUT
+# parameter ("... is an output parameter but corresponding argument is not writable", whatever
+# the caller declared), but binds one whose type is an alias of it. SQL Server sees NVARCHAR(MAX).
+RESPONSE_TYPE = f"{SCHEMA}.response_text"
 INVOKE_EXTRA_PARAMS = (
-    ("@response", "NVARCHAR(MAX) = NULL OUTPUT"),
+    ("@response", f"{RESPONSE_TYPE} = NULL OUTPUT"),
     ("@retry_count", "INT = NULL"),
     ("@wait_ms", "INT = 0"),
 )
@@ -360,7 +381,7 @@ def invoke_external_rest_endpoint(op: Operation) -> str:
     with ``@wait_ms > 0`` it waits for the worker like ``wait_for``, fills ``@response`` with the
     stored answer (already in the native JSON shape, see providers/http.py ``shaped``) and
     returns 0 on 2xx, else the HTTP status; with ``@wait_ms = 0`` it only enqueues."""
-    text = endpoint_procedure(op)
+    text = endpoint_procedure(op, INVOKE_EXTRA_PARAMS)
     n = ERROR_NUMBERS
     refuse = (f"""    IF @wait_ms IS NULL OR @wait_ms < 0 SET @wait_ms = 0;
     SET @response = NULL;
@@ -402,13 +423,10 @@ def invoke_external_rest_endpoint(op: Operation) -> str:
     -- Like the native procedure: 0 on 2xx, else the HTTP status.
     IF @http_status BETWEEN 200 AND 299 RETURN 0;
     RETURN @http_status;"""
-    last_common = f"    {COMMON_PARAMS[-1][0]} {COMMON_PARAMS[-1][1]}\nAS\nBEGIN\n"
-    extra = "".join(f",\n    {name} {kind}" for name, kind in INVOKE_EXTRA_PARAMS)
     declared = "    DECLARE @msg NVARCHAR(2048);\n"
     enqueued = "@request_id = @request_id OUTPUT;\nEND;\n"
-    for piece in (last_common, declared, enqueued):
+    for piece in (declared, enqueued):
         assert text.count(piece) == 1, piece  # the shape endpoint_procedure writes
-    text = text.replace(last_common, last_common.replace("\nAS", extra + "\nAS"))
     text = text.replace(declared, declared + refuse)
     return text.replace(enqueued, enqueued.replace("\nEND;", "\n" + wait + "\nEND;"))
 
@@ -776,6 +794,11 @@ def procedures_script() -> str:
              "(sqlbridge.sleep_ms).\n"]
     parts += generic_procedures()
     parts += bulk_procedures()
+    # Created once, never altered (a type in use cannot change); before its one procedure.
+    parts.append(f"-- NVARCHAR(MAX) for invoke_external_rest_endpoint's @response OUTPUT, "
+                 f"which Babelfish\n-- cannot bind when it is declared NVARCHAR(MAX) itself.\n"
+                 f"IF TYPE_ID(N'{RESPONSE_TYPE}') IS NULL\n"
+                 f"    CREATE TYPE {RESPONSE_TYPE} FROM NVARCHAR(MAX);\n{GO}\n")
     parts += [invoke_external_rest_endpoint(op) if op.provider == "http"
               else endpoint_procedure(op) for op in registry.OPERATIONS.values()]
     return "\n".join(parts)

@@ -566,6 +566,10 @@ CALLER_CAN = [
                 "@params = N'{\"to\":\"1\"}', @request_key = N'role-key'"), True),
     (call_batch("EXEC sqlbridge.enqueue @operation = N'sms.sendsms', "
                 "@params = N'{ \"to\" : \"\\u0031\" }', @request_key = N'role-key'"), True),
+    # A DBA's natural call of the native procedure's form, @response OUTPUT included.
+    ("DECLARE @r NVARCHAR(MAX); " + call_batch(
+        "EXEC sqlbridge.invoke_external_rest_endpoint @url = N'https://example.com/', "
+        "@method = N'GET', @response = @r OUTPUT"), True),
     ("EXEC sqlbridge.cancel @request_id = :id", True),
     ("EXEC sqlbridge.wait_for @request_id = :id, @timeout_ms = 10", True),
     ("EXEC sqlbridge.retry @request_id = :id", False),

@@ -67,7 +67,8 @@ def babelfish_problems(text: str) -> list[str]:
 
 def procedure_body(name: str) -> str:
     text = (SQL / "110_procedures.sql").read_text(encoding="utf-8")
-    m = re.search(rf"^ALTER PROCEDURE sqlbridge\.{name}\n(.*?)\nEND;\nGO$", text, re.S | re.M)
+    m = re.search(rf"^(?:ALTER|CREATE) PROCEDURE sqlbridge\.{name}\n(.*?)\nEND;\nGO$", text,
+                  re.S | re.M)
     assert m, f"sqlbridge.{name} is not in 110_procedures.sql"
     return m.group(1)
 
@@ -172,15 +173,27 @@ def test_no_ole_automation_shell_or_server_level_anything() -> None:
 
 
 def test_every_procedure_sets_xact_abort_and_nocount_and_is_stub_then_alter() -> None:
+    """Stub then ALTER (grants survive), except where a parameter has a schema-qualified type:
+    Babelfish's ALTER PROCEDURE cannot resolve one, so that procedure is dropped and created."""
+    recreated_somewhere = False
     for path in FILES:
         text = path.read_text(encoding="utf-8")
         altered = re.findall(r"^ALTER PROCEDURE sqlbridge\.(\w+)", text, re.M)
         stubs = re.findall(r"EXEC \(N'CREATE PROCEDURE sqlbridge\.(\w+) AS RETURN 0'\)", text)
         assert altered == stubs, path.name
-        assert not re.search(r"^CREATE PROCEDURE", text, re.M)
-        for name in altered:
-            body = text.split(f"ALTER PROCEDURE sqlbridge.{name}\n", 1)[1].split("\nGO\n", 1)[0]
+        created = re.findall(r"^CREATE PROCEDURE sqlbridge\.(\w+)", text, re.M)
+        dropped = re.findall(r"^IF OBJECT_ID\(N'sqlbridge\.(\w+)', N'P'\) IS NOT NULL\n"
+                             r"    DROP PROCEDURE sqlbridge\.\1;\nGO\nCREATE PROCEDURE", text, re.M)
+        assert created == dropped, path.name
+        recreated_somewhere |= bool(created)
+        for name in altered + created:
+            header, body = re.split(rf"^(?:ALTER|CREATE) PROCEDURE sqlbridge\.{name}\n", text,
+                                    flags=re.M)[1].split("\nGO\n", 1)[0].split("\nAS\n", 1)
+            qualified = [line for line in header.splitlines()
+                         if tsql.has_qualified_type(line.split(None, 1)[1])]
+            assert bool(qualified) == (name in created), (name, qualified)
             assert "SET NOCOUNT ON;" in body and "SET XACT_ABORT ON;" in body, name
+    assert recreated_somewhere  # invoke_external_rest_endpoint's @response
 
 
 def test_views_are_dropped_created_and_granted_again() -> None:
@@ -290,7 +303,7 @@ def test_every_table_and_index_is_guarded_so_the_script_can_run_again() -> None:
 
 def declared_params(proc: str) -> list[tuple[str, str]]:
     header = procedure_body(proc).split("\nAS\nBEGIN", 1)[0]
-    return re.findall(r"^    (@\w+) ([A-Z0-9()]+)", header, re.M)
+    return re.findall(r"^    (@\w+) ([A-Za-z0-9_.()]+)", header, re.M)
 
 
 @pytest.mark.parametrize("op", registry.OPERATIONS.values(), ids=list(registry.OPERATIONS))
@@ -634,6 +647,25 @@ def test_params_json_is_built_without_string_escape() -> None:
     assert "(SELECT @message AS [message] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER)" in body
 
 
+def test_no_procedure_has_an_output_parameter_declared_max() -> None:
+    """Babelfish cannot bind a (N)VARCHAR(MAX) OUTPUT parameter, whatever the caller declares
+    ("... is an output parameter but corresponding argument is not writable"), so a DBA's
+    ``DECLARE @r NVARCHAR(MAX); EXEC ..., @response = @r OUTPUT`` failed there. An alias type
+    of NVARCHAR(MAX) binds: @response uses one, created before the procedure."""
+    headers = re.findall(r"^(?:ALTER|CREATE) PROCEDURE (\S+)\n(.*?)^AS$",
+                         (SQL / "110_procedures.sql").read_text(encoding="utf-8"), re.S | re.M)
+    assert len(headers) > 20
+    for name, params in headers:
+        for line in params.splitlines():
+            if re.search(r"\bOUTPUT\b", line, re.I):
+                assert not re.search(r"VARCHAR\s*\(\s*MAX\s*\)", line, re.I), (name, line)
+    text = (SQL / "110_procedures.sql").read_text(encoding="utf-8")
+    assert f"@response {tsql.RESPONSE_TYPE} = NULL OUTPUT" in \
+        procedure_body("invoke_external_rest_endpoint")
+    created = text.index(f"CREATE TYPE {tsql.RESPONSE_TYPE} FROM NVARCHAR(MAX);")
+    assert created < text.index("CREATE PROCEDURE sqlbridge.invoke_external_rest_endpoint")
+
+
 def test_max_attempts_is_0_unless_given_on_every_entry_point() -> None:
     """0 means "the worker's setting": the column's default, what the procedures store for
     NULL, and what Python leaves to the default."""
@@ -657,7 +689,7 @@ def test_install_leaves_no_session_setting_behind() -> None:
             for batch in install.batches(install.read(name)):
                 # 001 was released with a SET NOCOUNT ON batch: it cannot change, and install
                 # discards the connection it ran on (install.install).
-                if re.match(r"ALTER PROCEDURE", batch) or (
+                if re.match(r"(?:ALTER|CREATE) PROCEDURE", batch) or (
                         name == "001_schema.sql" and code_only(batch).strip() == "SET NOCOUNT ON;"):
                     continue
                 assert not re.search(r"^\s*SET\s+(?!@)", code_only(batch), re.M | re.I), \
@@ -684,6 +716,7 @@ def test_the_readme_and_the_doc_list_every_babelfish_difference() -> None:
     doc = (root / "docs" / "sqlserver.md").read_text(encoding="utf-8")
     doc = doc.split("## Babelfish for PostgreSQL", 1)[1].split("\n## ", 1)[0]
     for difference in ("CREATE OR ALTER", "WAITFOR", "READPAST", "STRING_ESCAPE", "103",
-                       "ownership chaining", "WITHOUT LOGIN", "U+0000", "ORDER BY", "3903"):
+                       "ownership chaining", "WITHOUT LOGIN", "U+0000", "ORDER BY", "3903",
+                       "NVARCHAR(MAX) OUTPUT", "ALTER PROCEDURE"):
         assert difference in section, difference
         assert difference in doc, difference

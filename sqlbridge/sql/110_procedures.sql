@@ -562,6 +562,12 @@ GO
 GRANT EXECUTE ON sqlbridge.cancel_requests TO sqlbridge_operator;
 GO
 
+-- NVARCHAR(MAX) for invoke_external_rest_endpoint's @response OUTPUT, which Babelfish
+-- cannot bind when it is declared NVARCHAR(MAX) itself.
+IF TYPE_ID(N'sqlbridge.response_text') IS NULL
+    CREATE TYPE sqlbridge.response_text FROM NVARCHAR(MAX);
+GO
+
 -- chat.getchatchannels: List the account's active chat channels
 IF OBJECT_ID(N'sqlbridge.afilnet_chat_getchatchannels', N'P') IS NULL
     EXEC (N'CREATE PROCEDURE sqlbridge.afilnet_chat_getchatchannels AS RETURN 0');
@@ -1160,10 +1166,10 @@ GRANT EXECUTE ON sqlbridge.anna_messenger_link TO sqlbridge_operator;
 GO
 
 -- http.request: Any HTTP call to an allowlisted host (like sp_invoke_external_rest_endpoint)
-IF OBJECT_ID(N'sqlbridge.invoke_external_rest_endpoint', N'P') IS NULL
-    EXEC (N'CREATE PROCEDURE sqlbridge.invoke_external_rest_endpoint AS RETURN 0');
+IF OBJECT_ID(N'sqlbridge.invoke_external_rest_endpoint', N'P') IS NOT NULL
+    DROP PROCEDURE sqlbridge.invoke_external_rest_endpoint;
 GO
-ALTER PROCEDURE sqlbridge.invoke_external_rest_endpoint
+CREATE PROCEDURE sqlbridge.invoke_external_rest_endpoint
     @url NVARCHAR(4000) = NULL,
     @method NVARCHAR(MAX) = N'POST',
     @headers NVARCHAR(MAX) = NULL,
@@ -1177,7 +1183,7 @@ ALTER PROCEDURE sqlbridge.invoke_external_rest_endpoint
     @not_before DATETIME2(3) = NULL,
     @max_attempts INT = NULL,
     @request_id BIGINT = NULL OUTPUT,
-    @response NVARCHAR(MAX) = NULL OUTPUT,
+    @response sqlbridge.response_text = NULL OUTPUT,
     @retry_count INT = NULL,
     @wait_ms INT = 0
 AS
