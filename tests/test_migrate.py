@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from sqlbridge import registry
+from sqlbridge import registry, tsql
 from sqlbridge.cli import main
 from sqlbridge.migrate import LEFT_AS_IS, PREFIX, lex, migrate
 from sqlbridge.queue import Queue
@@ -567,7 +567,10 @@ def test_invoke_takes_every_native_parameter_and_sqlbridge_s_own() -> None:
     declared = dict(re.findall(r"^    (@\w+) (.+?),?$", header, re.M))
     for name in NATIVE + OWN:
         assert name in declared, name
-    assert declared["@response"] == "NVARCHAR(MAX) = NULL OUTPUT"
+    # NVARCHAR(MAX) under an alias name (Babelfish binds no MAX OUTPUT parameter), created so.
+    assert declared["@response"] == f"{tsql.RESPONSE_TYPE} = NULL OUTPUT"
+    assert f"CREATE TYPE {tsql.RESPONSE_TYPE} FROM NVARCHAR(MAX);" in \
+        (tsql.SQL_DIR / "110_procedures.sql").read_text(encoding="utf-8")
     assert declared["@request_id"] == "BIGINT = NULL OUTPUT"
     assert declared["@wait_ms"] == "INT = 0"  # asynchronous unless asked
     assert declared["@method"] == "NVARCHAR(MAX) = N'POST'"  # the native default
