@@ -11,7 +11,7 @@ from sqlalchemy.engine import make_url
 from .cli_support import BIGINT_MAX, EXIT_CONFIG, Context, FiniteFloat, Whole, common
 from .config import Account
 from .db import make_engine
-from .errors import SqlbridgeError
+from .errors import ConfigError, SqlbridgeError
 
 
 @click.command()
@@ -158,7 +158,10 @@ def _driver_checks(url: Any) -> list[tuple[str, str, str]]:
 def _schema_version_check(engine: Any) -> tuple[str, str, str]:
     from .install import pending
 
-    todo = pending(engine)
+    try:
+        todo = pending(engine)
+    except ConfigError as exc:  # a versioned script changed since applied: install refuses too
+        return ("fail", "schema version", str(exc))
     if todo:
         return ("fail", "schema version", f"{', '.join(todo)} not applied: run sqlbridge "
                 "install (upgrades in place)")

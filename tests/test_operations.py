@@ -365,12 +365,18 @@ def test_doctor_fails_placeholders_and_broken_schedules(tmp_path: Path, db_url: 
     assert "[ ok ] account default: afilnet" in out
 
 
-def test_doctor_fails_a_schema_that_needs_an_upgrade(db_url: str, engine: Engine) -> None:
+def _doctor_with_checksums_changed(db_url: str, engine: Engine, versioned: bool) -> tuple[int, str]:
+    """doctor's answer while the recorded checksums of the repeatable scripts (or, with
+    ``versioned``, of the versioned ones) are not those of the files."""
+    from sqlbridge.install import is_versioned
     from sqlbridge.schema import schema_version
 
     with engine.begin() as c:
         saved = c.execute(select(schema_version.c.version, schema_version.c.checksum)).all()
-        c.execute(update(schema_version).values(checksum="0" * 64))
+        for version, _ in saved:
+            if is_versioned(version) == versioned:
+                c.execute(update(schema_version).where(schema_version.c.version == version)
+                          .values(checksum="0" * 64))
     try:
         code, out, _ = run("doctor", "--database-url", db_url)
     finally:  # a SQL Server database is shared by the tests that follow: put it back
@@ -378,7 +384,26 @@ def test_doctor_fails_a_schema_that_needs_an_upgrade(db_url: str, engine: Engine
             for version, digest in saved:
                 c.execute(update(schema_version).where(schema_version.c.version == version)
                           .values(checksum=digest))
+    return code, out
+
+
+def test_doctor_fails_a_schema_that_needs_an_upgrade(db_url: str, engine: Engine) -> None:
+    # Repeatable scripts (procedures, views; SQLite's one metadata row) changed: install
+    # upgrades in place.
+    code, out = _doctor_with_checksums_changed(db_url, engine, versioned=False)
     assert code == 1 and "[fail] schema version:" in out and "run sqlbridge install" in out
+
+
+def test_doctor_names_a_changed_versioned_script_as_the_schema_version(
+        db_url: str, engine: Engine) -> None:
+    """A versioned script changed after it was applied is install's refusal (a person
+    decides), reported on the schema version line, not as an unreachable database."""
+    if engine.dialect.name == "sqlite":
+        pytest.skip("SQLite has no versioned scripts (its tables come from the metadata)")
+    code, out = _doctor_with_checksums_changed(db_url, engine, versioned=True)
+    assert code == 1 and "[ ok ] database:" in out, out
+    assert "[fail] schema version: sql/001_schema.sql was applied with checksum 000000000000" \
+        in out, out
 
 
 def test_doctor_names_the_sql_server_driver_and_tls_settings() -> None:
