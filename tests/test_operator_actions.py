@@ -333,9 +333,20 @@ def test_queue_health_counts_what_needs_attention(queue: Queue) -> None:
 
 def test_status_json_has_the_queue_health_figures(db_url: str, queue: Queue,
                                                   mixed: dict[str, list[int]]) -> None:
+    before = monitoring.queue_health(queue.engine)
     code, out, _ = run("status", "--json", "--database-url", db_url)
+    after = monitoring.queue_health(queue.engine)
     data = json.loads(out)
-    assert code == 0 and data["queue_health"] == monitoring.queue_health(queue.engine)
+    assert code == 0 and len(data["queue_health"]) == len(before) == len(after)
+    # The oldest age is whole seconds of the clock at each read: status's lies between the
+    # reads before and after it (a second boundary may fall between them); the rest is equal.
+    age = "oldest_queued_age_seconds"
+    for got, first, last in zip(data["queue_health"], before, after, strict=True):
+        assert {**got, age: None} == {**first, age: None} == {**last, age: None}
+        if first[age] is None:
+            assert got[age] is None and last[age] is None
+        else:
+            assert first[age] <= got[age] <= last[age], (first, got, last)
     assert data["queue_totals"]["uncertain"] == 6 and data["queue_totals"]["queued"] == 4
 
 
