@@ -13,7 +13,10 @@ one call per slot time, shared by its threads. So:
 - a worker that dies simply does not use the rest of its block: the account sends a little
   less for a moment, never more; nothing needs cleaning up;
 - a slot whose time has passed unused is dropped, not used late, so a paused thread cannot
-  later fire a burst.
+  later fire a burst. That holds for a block that arrives late too: the reservation is stamped
+  with the database's clock when the ``UPDATE`` runs, and a slow answer (a loaded server, or
+  the first statements of a new connection: over 100 ms on Babelfish) can bring a block whose
+  first slots have already gone by; those are dropped, never fired together on arrival.
 
 Used by the worker in place of the per-process ``providers.ratelimit.RateLimiter`` (same
 ``acquire`` interface).
@@ -39,12 +42,18 @@ from .sqlfuncs import epoch_now
 BLOCK_SECONDS = 0.25
 # A slot this much (in slot intervals) in the past is dropped rather than used late.
 STALE_SLOTS = 0.5
+# Reservations in a row whose every slot had gone by on arrival before acquire gives up (the
+# database answers slower than a block lasts).
+RESERVE_TRIES = 3
 
 _t = rate_limit_slot
 
 
 def _reserve_statement() -> Any:
-    start = case((_t.c.next_at > epoch_now(), _t.c.next_at), else_=epoch_now())
+    # Not before now + b_lead: the worker's last round trip, so that a block starting "now"
+    # is not already behind by the time its answer arrives (those slots would be dropped).
+    earliest = epoch_now() + bindparam("b_lead")
+    start = case((_t.c.next_at > earliest, _t.c.next_at), else_=earliest)
     return (update(_t)
             .where(_t.c.account == bindparam("b_account"), _t.c.provider == bindparam("b_provider"))
             .values(next_at=start + bindparam("b_span")))
@@ -70,6 +79,16 @@ class _Block:
     left: int = 0
 
 
+def _drop_stale(block: _Block, now: float, interval: float) -> None:
+    """Skip the slots that went by unused, so the next one is at most STALE_SLOTS intervals
+    late: using them late would put calls closer together than the rate allows (a burst)."""
+    late = now - block.next_local
+    if block.left and late > STALE_SLOTS * interval:
+        skipped = min(block.left, math.ceil((late - STALE_SLOTS * interval) / interval))
+        block.left -= skipped
+        block.next_local += skipped * interval
+
+
 class SharedRateLimiter:
     """``acquire((account, provider), per_second)``: wait for this worker's next slot."""
 
@@ -78,6 +97,7 @@ class SharedRateLimiter:
         self._lock = threading.Lock()
         self._blocks: dict[tuple[str, str], _Block] = {}
         self.reservations = 0  # round trips, for tests and the benchmark
+        self._lead = 0.0  # seconds the last reservation took, at most BLOCK_SECONDS
 
     def acquire(self, key: tuple[str, str], per_second: float | None) -> None:
         if not per_second:
@@ -87,13 +107,16 @@ class SharedRateLimiter:
             block = self._blocks.get(key)
             if block is None or block.rate != per_second:
                 block = self._blocks[key] = _Block(per_second)
-            now = time.monotonic()
-            if block.left and block.next_local < now - STALE_SLOTS * interval:
-                # Slots that went by unused: skip them (using them late would be a burst).
-                skipped = min(block.left, math.floor((now - block.next_local) / interval))
-                block.left -= skipped
-                block.next_local += skipped * interval
-            if not block.left:
+            _drop_stale(block, time.monotonic(), interval)
+            tries = 0
+            while not block.left:
+                if tries == RESERVE_TRIES:
+                    raise TransientError(
+                        f"no send slot for account {key[0]!r} ({key[1]}): {RESERVE_TRIES} "
+                        f"blocks of slots in a row had gone by before the database's answer "
+                        f"arrived (round trips over {BLOCK_SECONDS} s)",
+                        code="RATE_LIMIT_UNAVAILABLE", delivered=False)
+                tries += 1
                 try:
                     block.next_local, block.left = self._reserve(key, per_second)
                 except SQLAlchemyError as exc:
@@ -103,6 +126,8 @@ class SharedRateLimiter:
                         f"no send slot for account {key[0]!r} ({key[1]}): the rate-limit "
                         f"table could not be reached ({type(exc).__name__})",
                         code="RATE_LIMIT_UNAVAILABLE", delivered=False) from None
+                # A slow answer brings slots that went by while it travelled.
+                _drop_stale(block, time.monotonic(), interval)
             slot = block.next_local
             block.next_local += interval
             block.left -= 1
@@ -113,13 +138,16 @@ class SharedRateLimiter:
     def _reserve(self, key: tuple[str, str], per_second: float) -> tuple[float, int]:
         """Reserve a block: (monotonic time of its first slot, number of slots)."""
         count = max(1, round(per_second * BLOCK_SECONDS))
-        params = {"b_account": key[0], "b_provider": key[1], "b_span": count / per_second}
+        params = {"b_account": key[0], "b_provider": key[1], "b_span": count / per_second,
+                  "b_lead": self._lead}
         for _ in range(2):
+            started = time.monotonic()
             with self.engine.begin() as conn:
                 if conn.execute(_reserve_statement(), params).rowcount:
                     next_at, db_now = conn.execute(_read_statement(), params).one()
                     local_now = time.monotonic()
                     self.reservations += 1
+                    self._lead = min(local_now - started, BLOCK_SECONDS)
                     first = float(next_at) - count / per_second
                     return local_now + (first - float(db_now)), count
             try:  # first use of this key anywhere: create its row, then reserve again

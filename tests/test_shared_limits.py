@@ -10,12 +10,19 @@ import dataclasses
 import threading
 import time
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, event, func, select
 
 from sqlbridge.config import Settings
 from sqlbridge.queue import Queue
 from sqlbridge.schema import rate_limit_slot
-from sqlbridge.shared_limits import BLOCK_SECONDS, SharedRateLimiter
+from sqlbridge.shared_limits import (
+    BLOCK_SECONDS,
+    STALE_SLOTS,
+    SharedRateLimiter,
+    _Block,
+    _drop_stale,
+)
+from sqlbridge.sqlfuncs import epoch_now
 from sqlbridge.worker import Worker
 
 KEY = ("default", "afilnet")
@@ -68,15 +75,94 @@ def test_slots_that_went_by_unused_are_not_spent_late(engine: Engine) -> None:
     assert time.monotonic() - t0 >= 0.5 / rate
 
 
+def _next_free(engine: Engine) -> tuple[float, float]:
+    """(next_at, the database's now) of KEY's row."""
+    with engine.connect() as conn:
+        next_at, now = conn.execute(select(rate_limit_slot.c.next_at, epoch_now())).one()
+    return float(next_at), float(now)
+
+
 def test_a_worker_that_dies_with_slots_reserved_only_slows_the_others(engine: Engine) -> None:
     rate = 8.0
     dead = SharedRateLimiter(engine)
     dead.acquire(KEY, rate)  # reserves a block of 2, uses one, then "dies"
-    alive = SharedRateLimiter(engine)
+    dead_end, db_now = _next_free(engine)
     t0 = time.monotonic()
+    alive = SharedRateLimiter(engine)
     alive.acquire(KEY, rate)
-    # The survivor's first slot comes after the dead worker's whole block.
-    assert time.monotonic() - t0 >= 2 / rate - 0.05
+    # The survivor's block starts where the dead worker's whole block ends (or later, if that
+    # end had passed), and its first call waits for it. Measured from the end the database
+    # records, not from the dead worker's return: a slow first round trip (over 100 ms on a
+    # new Babelfish connection) returns late, inside its own block.
+    assert _next_free(engine)[0] >= dead_end + 2 / rate
+    assert time.monotonic() - t0 >= (dead_end - db_now) - 0.05
+
+
+def test_a_block_that_arrives_late_does_not_fire_its_past_slots_together(
+        engine: Engine) -> None:
+    """The block is stamped by the database's clock at the UPDATE; if the answer comes back
+    later than its slots (a loaded server, a new connection), those slots are dropped: a
+    burst of calls on arrival would break the rate for everyone."""
+    rate, delay = 20.0, 0.16  # a block of 5 slots 0.05 s apart: 3 gone by on arrival
+    slowed: list[bool] = []
+
+    def slow_first_reservation(conn, cursor, statement, params, context, many):  # type: ignore[no-untyped-def]
+        if not slowed and statement.lstrip().upper().startswith("UPDATE") and \
+                "rate_limit_slot" in statement:
+            slowed.append(True)
+            time.sleep(delay)
+
+    limiter = SharedRateLimiter(engine)
+    limiter.acquire(KEY, rate)  # the row exists, and this worker's block ...
+    threading.Event().wait(BLOCK_SECONDS + 0.1)  # ... has gone by: the next one reserves
+    slowed.clear()
+    event.listen(engine, "after_cursor_execute", slow_first_reservation)
+    try:
+        calls = []
+        for _ in range(3):
+            limiter.acquire(KEY, rate)
+            calls.append(time.monotonic())
+    finally:
+        event.remove(engine, "after_cursor_execute", slow_first_reservation)
+    assert slowed
+    # Late slots fired on arrival would be ~0 s apart; a slot kept late by up to
+    # STALE_SLOTS intervals leaves at least the rest of an interval before the next.
+    gaps = [b - a for a, b in zip(calls, calls[1:], strict=False)]
+    assert min(gaps) >= (1 - STALE_SLOTS) / rate - 0.005, gaps
+
+
+def test_a_slow_database_does_not_make_a_worker_drop_its_slots_every_time(
+        engine: Engine) -> None:
+    """Each reservation starts its block the last round trip ahead, so the answer arrives
+    before its slots: dropping the late ones on every round trip would cut the rate."""
+    rate, delay, calls = 20.0, 0.2, 40  # blocks of 5, 0.05 s apart; answers take 0.2 s
+
+    def slow_reservations(conn, cursor, statement, params, context, many):  # type: ignore[no-untyped-def]
+        if statement.lstrip().upper().startswith("UPDATE") and "rate_limit_slot" in statement:
+            time.sleep(delay)
+
+    limiter = SharedRateLimiter(engine)
+    event.listen(engine, "after_cursor_execute", slow_reservations)
+    try:
+        for _ in range(calls):
+            limiter.acquire(KEY, rate)
+    finally:
+        event.remove(engine, "after_cursor_execute", slow_reservations)
+    block = round(rate * BLOCK_SECONDS)
+    # Whole blocks after the first: about 9 round trips. Blocks that start "now" arrive
+    # 3 slots late and keep 2 of 5: about 20.
+    assert limiter.reservations <= calls / block + 4, limiter.reservations
+
+
+def test_a_late_slot_is_kept_only_within_the_stale_allowance() -> None:
+    interval = 0.1
+    for late_by in (0.0, 0.05, 0.051, 0.08, 0.1, 0.13, 0.29):
+        block = _Block(rate=10.0, next_local=100.0 - late_by, left=5)
+        _drop_stale(block, 100.0, interval)
+        # What is left starts at most STALE_SLOTS intervals ago, and no usable slot was lost.
+        assert block.next_local >= 100.0 - STALE_SLOTS * interval - 1e-9, late_by
+        assert block.next_local < 100.0 - STALE_SLOTS * interval + interval, late_by
+        assert block.left == 5 - round((block.next_local - (100.0 - late_by)) / interval)
 
 
 def test_two_workers_sending_for_one_account_respect_its_rate(live: Settings,
