@@ -2,17 +2,19 @@
 
 Runs in the caller's transaction (the one that finishes the request), so a request and its data
 commit together. Each batch first reads which of its keys are stored (that is how inserted and
-updated are counted without a round trip per row), then writes in one executemany per
-statement:
+updated are counted without a round trip per row), then writes:
 
-- SQLite: ``INSERT … ON CONFLICT (key) DO UPDATE``, one statement for the whole batch. Every
-  write transaction already holds the database's write lock (``BEGIN IMMEDIATE``).
+- SQLite: ``INSERT … ON CONFLICT (key) DO UPDATE``, one executemany for the whole batch (an
+  in-process call per row, no network). Every write transaction already holds the database's
+  write lock (``BEGIN IMMEDIATE``).
 - SQL Server, Azure SQL, Babelfish: no ``MERGE`` (Babelfish has none, and SQL Server's has a
-  long bug list). ``UPDATE … WITH (UPDLOCK, HOLDLOCK)`` for the stored keys, then ``INSERT …
-  SELECT … WHERE NOT EXISTS (… WITH (UPDLOCK, HOLDLOCK))`` for the new ones. The key read takes
-  the same hints, so two workers upserting the same new key serialise on its key-range lock
-  instead of one failing on the unique constraint; ``NOT EXISTS`` keeps the insert safe even
-  so.
+  long bug list). ``UPDATE … WITH (UPDLOCK, HOLDLOCK) … FROM <rows> AS v`` for the stored
+  keys, then ``INSERT … SELECT … FROM <rows> AS v WHERE NOT EXISTS (… WITH (UPDLOCK,
+  HOLDLOCK)) ORDER BY v.n`` for the new ones, up to a thousand rows per statement
+  (``sqlbridge.rowset``: a JSON document and parameters), not one round trip per row. The
+  key read takes the same hints, so two workers upserting the same new key serialise on its
+  key-range lock instead of one failing on the unique constraint; ``NOT EXISTS`` keeps the
+  insert safe even so.
 
 ``first_seen`` is set once, at insert; ``last_seen`` and ``request_id`` say when and by which
 request a row was last confirmed, and are all a repeated fetch changes.
@@ -41,11 +43,11 @@ from sqlalchemy.dialects import mssql
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.sql.elements import ColumnElement
 
-from . import schema
+from . import rowset, schema
 from .sqlfuncs import utcnow
 
 KEY_CHUNK = 400  # keys per IN (...) list: well under SQL Server's 2,100 parameters
-ROW_CHUNK = 2000  # rows per executemany call, to bound the driver's buffers
+ROW_CHUNK = 2000  # rows per executemany call (SQLite), to bound the driver's buffers
 LOCK_HINT = "WITH (UPDLOCK, HOLDLOCK)"
 
 
@@ -111,25 +113,41 @@ def _param(target: Target, column: str, typed: bool) -> ColumnElement[Any]:
     return cast(p, target.table.c[column].type) if typed else p
 
 
-def update_statement(target: Target) -> Any:
+def _rows(target: Target, typed: bool, in_json: bool, as_params: int) -> Any:
+    return rowset.derived_table(target.table, target.keys + target.values, typed=typed,
+                                in_json=in_json, as_params=as_params)
+
+
+def update_statement(target: Target, typed: bool = True, in_json: bool = True,
+                     as_params: int = 0) -> Any:
+    """UPDATE … SET <values> FROM (a batch of rows, rowset) WHERE the keys match, under
+    UPDLOCK, HOLDLOCK; first_seen stays, last_seen and request_id move."""
     t = target.table
+    v = _rows(target, typed, in_json, as_params)
     return (update(t)
-            .where(*(t.c[c] == bindparam(f"k_{c}") for c in target.keys))
-            .values({**{c: bindparam(c) for c in target.values},
-                     "last_seen": utcnow(), "request_id": bindparam("request_id")})
+            .where(*(t.c[c] == v.c[c] for c in target.keys))
+            .values({**{c: v.c[c] for c in target.values},
+                     "last_seen": utcnow(), "request_id": _param(target, "request_id", typed)})
             .with_hint(LOCK_HINT, dialect_name="mssql"))
 
 
-def insert_statement(target: Target, typed: bool = True) -> Any:
-    """INSERT … SELECT <params> WHERE NOT EXISTS (the key, under UPDLOCK, HOLDLOCK)."""
+def insert_statement(target: Target, typed: bool = True, in_json: bool = True,
+                     as_params: int = 0) -> Any:
+    """INSERT … SELECT (a batch of rows, rowset) WHERE NOT EXISTS (the key, under UPDLOCK,
+    HOLDLOCK), in batch order, so ids follow the provider's order (take_messages and the
+    dashboard list messages by id)."""
     t = target.table
+    v = _rows(target, typed, in_json, as_params)
     current = t.alias("cur")
     taken = (select(current.c.id)
-             .where(*(current.c[c] == _param(target, c, typed) for c in target.keys))
+             .where(*(current.c[c] == v.c[c] for c in target.keys))
              .with_hint(current, LOCK_HINT, "mssql"))
-    rows = select(*(_param(target, c, typed).label(c) for c in target.columns)).where(
-        ~exists(taken))
-    return insert(t).from_select(list(target.columns), rows)
+    rows = select(*(v.c[c] for c in target.keys + target.values),
+                  _param(target, "request_id", typed).label("request_id")
+                  ).where(~exists(taken))
+    # As a suffix: SQLAlchemy's SQL Server compiler drops an ORDER BY it finds in a nested
+    # SELECT, and INSERT … SELECT … ORDER BY is what makes SQL Server number rows in order.
+    return insert(t).from_select(list(target.columns), rows.suffix_with("ORDER BY v.n"))
 
 
 # -- writing ---------------------------------------------------------------------------------
@@ -153,6 +171,15 @@ def _executemany(conn: Connection, stmt: Any, params: list[dict[str, Any]]) -> N
         conn.execute(stmt, params[i:i + ROW_CHUNK])
 
 
+def _set_based(conn: Connection, target: Target, statement: Any,
+               rows: list[dict[str, Any]], request_id: int | None, typed: bool) -> None:
+    """``rows`` through ``statement``, one statement per rowset batch."""
+    columns = target.keys + target.values
+    for batch in rowset.batches(rows, columns):
+        stmt = statement(target, typed, bool(batch.in_json), len(batch.as_params))
+        conn.execute(stmt, {**rowset.params(batch, columns), "request_id": request_id})
+
+
 def upsert(conn: Connection, name: str, rows: Iterable[dict[str, Any]],
            request_id: int | None, *, portable: bool | None = None) -> list[int]:
     """Upsert rows (each holding every key column) into TARGETS[name]; [inserted, updated].
@@ -166,21 +193,18 @@ def upsert(conn: Connection, name: str, rows: Iterable[dict[str, Any]],
     if not unique:
         return [0, 0]
     existing = _existing_keys(conn, target, list(unique.values()))
-    values = [{**{c: r.get(c) for c in target.keys + target.values}, "request_id": request_id}
-              for r in unique.values()]
+    rows_out = [{**{c: r.get(c) for c in target.keys + target.values},
+                 "request_id": request_id} for r in unique.values()]
     sqlite = conn.dialect.name == "sqlite"
     if portable is None:
         portable = not sqlite
     if not portable:
-        _executemany(conn, sqlite_upsert_statement(target), values)
+        _executemany(conn, sqlite_upsert_statement(target), rows_out)
     else:
-        old = [v for key, v in zip(unique, values, strict=True) if key in existing]
-        new = [v for key, v in zip(unique, values, strict=True) if key not in existing]
-        if old:
-            _executemany(conn, update_statement(target),
-                         [{**v, **{f"k_{c}": v[c] for c in target.keys}} for v in old])
-        if new:
-            _executemany(conn, insert_statement(target, typed=not sqlite), new)
+        old = [v for key, v in zip(unique, rows_out, strict=True) if key in existing]
+        new = [v for key, v in zip(unique, rows_out, strict=True) if key not in existing]
+        _set_based(conn, target, update_statement, old, request_id, typed=not sqlite)
+        _set_based(conn, target, insert_statement, new, request_id, typed=not sqlite)
     inserted = len(unique) - len(existing)
     return [inserted, len(existing)]
 
@@ -253,8 +277,11 @@ def mssql_statements() -> dict[str, str]:
         sample = [f"x{i}" for i in range(3)]
         probe = existing_keys_statement(target, ["p"] * (len(target.keys) - 1), sample)
         out[f"{name}_existing"] = str(probe.compile(dialect=dialect))
-        out[f"{name}_update"] = str(update_statement(target).compile(dialect=dialect))
-        out[f"{name}_insert"] = str(insert_statement(target).compile(dialect=dialect))
+        # Both parts of a batch: rows in the JSON document, and two as parameters.
+        out[f"{name}_update"] = str(update_statement(target, True, True, 2)
+                                    .compile(dialect=dialect))
+        out[f"{name}_insert"] = str(insert_statement(target, True, True, 2)
+                                    .compile(dialect=dialect))
     # The unread-clearing pair of chat_message_unread (a boolean test spelled for T-SQL).
     m = schema.chat_message
     chat = and_(m.c.account == "a", m.c.platform == "p", m.c.platformid == "i",
