@@ -154,6 +154,32 @@ def test_a_slow_database_does_not_make_a_worker_drop_its_slots_every_time(
     assert limiter.reservations <= calls / block + 4, limiter.reservations
 
 
+def test_a_database_slower_than_a_block_fails_the_call_as_not_sent(engine: Engine) -> None:
+    """Every block gone by on arrival, RESERVE_TRIES times: the call is not made (the queue
+    tries it later), rather than spending late slots or reserving for ever."""
+    from sqlbridge.errors import TransientError
+    from sqlbridge.shared_limits import RESERVE_TRIES
+
+    SharedRateLimiter(engine).acquire(KEY, 20.0)  # the row exists
+
+    def too_slow(conn, cursor, statement, params, context, many):  # type: ignore[no-untyped-def]
+        if statement.lstrip().upper().startswith("UPDATE") and "rate_limit_slot" in statement:
+            time.sleep(0.6)  # longer than a block, its lead and the stale allowance together
+
+    limiter = SharedRateLimiter(engine)
+    event.listen(engine, "after_cursor_execute", too_slow)
+    try:
+        limiter.acquire(KEY, 20.0)
+    except TransientError as exc:
+        assert exc.code == "RATE_LIMIT_UNAVAILABLE" and exc.delivered is False
+        assert f"{RESERVE_TRIES} blocks of slots in a row had gone by" in str(exc)
+    else:
+        raise AssertionError("acquire must give up when every block arrives too late")
+    finally:
+        event.remove(engine, "after_cursor_execute", too_slow)
+    assert limiter.reservations == RESERVE_TRIES
+
+
 def test_a_late_slot_is_kept_only_within_the_stale_allowance() -> None:
     interval = 0.1
     for late_by in (0.0, 0.05, 0.051, 0.08, 0.1, 0.13, 0.29):
