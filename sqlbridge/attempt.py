@@ -24,7 +24,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from . import backoff, delivery, registry, textsafe
+from . import backoff, breaker, delivery, registry, textsafe
 from .config import Settings
 from .delivery import Reach, Verdict
 from .errors import ConfigError, ProtocolError, ProviderError, TransientError, ValidationError
@@ -80,10 +80,11 @@ def _run(claim: Claimed, settings: Settings, call: Caller, followups: Followups 
     op, params, account = row.op, row.params, row.account
 
     def settle(reach: Reach, exc: TransientError | ProviderError) -> Completion:
+        rule = delivery.verdict(reach, sending=row.sending, resend_ok=row.resend_ok)
         common = {"provider": op.provider, "http_status": getattr(exc, "http_status", None),
                   "error_code": exc.code, "error_message": str(exc),
-                  "response": getattr(exc, "response", None)}
-        rule = delivery.verdict(reach, sending=row.sending, resend_ok=row.resend_ok)
+                  "response": getattr(exc, "response", None),
+                  "api_signal": breaker.signal(reach, rule, exc.code)}
         if rule is Verdict.FAIL:
             return done("failed", **common)
         if rule is Verdict.UNCERTAIN:
@@ -125,4 +126,5 @@ def _run(claim: Claimed, settings: Settings, call: Caller, followups: Followups 
     children = followups(claim, op, params, result) if followups else []
     inbox = (op.lands_in, claim.account, params, result.records) if op.lands_in else None
     return done("succeeded", provider=op.provider, http_status=result.http_status,
-                response=result.response, inbox=inbox, followups=children)
+                response=result.response, inbox=inbox, followups=children,
+                api_signal=breaker.signal(None, None, None))

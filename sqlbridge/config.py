@@ -13,6 +13,7 @@ secrets and can be read by group or others gets one warning per process.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import stat
 import tomllib
@@ -70,6 +71,15 @@ class Transport:
     # Requests per second for this account and provider, shared by every worker process and
     # host (sqlbridge.shared_limits keeps the slots in the database).
     rate_limit: float | None = None
+    # Calls of this account and provider in flight at once, across every worker process and
+    # host (sqlbridge.gates counts the rows being processed; None: no cap).
+    max_in_flight: int | None = None
+    # Circuit breaker (sqlbridge.breaker): after this many transient failures in a row, claims
+    # for this account and provider pause for breaker_cooldown seconds, doubling after each
+    # failed probe up to breaker_cooldown_max. 0 turns the breaker off.
+    breaker_failures: int = 5
+    breaker_cooldown: float = 30.0
+    breaker_cooldown_max: float = 300.0
     # Send again a request whose outcome is unknown (read timeout, worker death) instead of
     # marking it `uncertain`. Off by default: a duplicate chat message is worse than a question.
     allow_resend: bool = False
@@ -304,10 +314,57 @@ def _transport_fields(prefix: str, raw: Mapping[str, Any]) -> dict[str, Any]:
     if raw.get("max_response_bytes") is not None:
         out["max_response_bytes"] = _positive(f"{prefix}.max_response_bytes",
                                               raw["max_response_bytes"], integer=True)
+    out.update(_limit_fields(prefix, raw))
     if out.get("verify_tls") is False:
         log.warning("%s.verify_tls = false: TLS certificates are not checked for these calls; "
                     "anyone on the network path can read and change them (set ca_bundle for a "
                     "private CA instead)", prefix)
+    return out
+
+
+# Bounds of the shared limits: a cap or a count past these is a typo, not a setting.
+MAX_IN_FLIGHT_MAX = 10_000
+BREAKER_FAILURES_MAX = 1_000
+BREAKER_COOLDOWN_MAX = 86_400.0
+
+
+def _whole_in(setting: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        value_ok = False
+    else:
+        try:
+            number = int(value)
+            value_ok = str(number) == str(value).strip() and low <= number <= high
+        except ValueError:
+            value_ok = False
+    if not value_ok:
+        raise ConfigError(f"setting {setting} must be a whole number from {low} to {high:,}; "
+                          f"got {value!r}")
+    return int(value)
+
+
+def _limit_fields(prefix: str, raw: Mapping[str, Any]) -> dict[str, Any]:
+    """max_in_flight and the breaker_* settings of one provider section."""
+    out: dict[str, Any] = {}
+    if raw.get("max_in_flight") is not None:
+        out["max_in_flight"] = _whole_in(f"{prefix}.max_in_flight", raw["max_in_flight"], 1,
+                                         MAX_IN_FLIGHT_MAX)
+    if raw.get("breaker_failures") is not None:
+        out["breaker_failures"] = _whole_in(f"{prefix}.breaker_failures",
+                                            raw["breaker_failures"], 0, BREAKER_FAILURES_MAX)
+    for key in ("breaker_cooldown", "breaker_cooldown_max"):
+        if raw.get(key) is not None:
+            seconds = _positive(f"{prefix}.{key}", raw[key])
+            if not math.isfinite(seconds) or seconds > BREAKER_COOLDOWN_MAX:
+                raise ConfigError(f"setting {prefix}.{key} must be a number of seconds greater "
+                                  f"than 0 and at most {BREAKER_COOLDOWN_MAX:g}; "
+                                  f"got {raw[key]!r}")
+            out[key] = seconds
+    low = out.get("breaker_cooldown", Transport.breaker_cooldown)
+    high = out.get("breaker_cooldown_max", Transport.breaker_cooldown_max)
+    if high < low:
+        raise ConfigError(f"setting {prefix}.breaker_cooldown_max ({high:g}) must be at least "
+                          f"breaker_cooldown ({low:g})")
     return out
 
 
@@ -323,7 +380,8 @@ def _check_keys(prefix: str, raw: Mapping[str, Any], allowed: set[str]) -> None:
 # inherited by each provider section that does not set them itself.
 _NETWORK_KEYS = {"verify_tls", "ca_bundle", "proxy"}
 _TRANSPORT_KEYS = {"connect_timeout", "read_timeout", "rate_limit", "allow_resend",
-                   "total_timeout", "max_response_bytes"} | _NETWORK_KEYS
+                   "total_timeout", "max_response_bytes", "max_in_flight", "breaker_failures",
+                   "breaker_cooldown", "breaker_cooldown_max"} | _NETWORK_KEYS
 
 
 def _afilnet(prefix: str, raw: Mapping[str, Any]) -> AfilnetSettings:

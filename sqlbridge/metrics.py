@@ -11,8 +11,8 @@ name or account cannot add a series, and no parameter, response, error text or s
 a label or a value.
 
 **Queue figures come from the database on a slow clock.** Each worker with metrics on reads
-``sqlbridge.queue_health`` (``sqlbridge.monitoring``) every ``queue_interval`` seconds (default
-30), starting at a random point of the first interval and jittered by ±20 % after, so workers
+``sqlbridge.queue_health`` (``sqlbridge.monitoring``) and the circuit breakers
+(``sqlbridge.breaker``) every ``queue_interval`` seconds (default 30), starting at a random point of the first interval and jittered by ±20 % after, so workers
 started together do not read together. Chosen over electing one reader through a lease row:
 ten workers cost one cheap grouped read of the live rows every three seconds, next to the
 hundreds of claim statements a busy queue runs per second; a lease would add a table, a write
@@ -39,10 +39,11 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sqlalchemy import Engine
 
 from . import registry as ops_registry
+from .breaker import states as breaker_states
 from .dberrors import KINDS
 from .health import HealthState
 from .monitoring import FIGURES, queue_health
@@ -129,6 +130,8 @@ class WorkerMetrics(HealthState):
         self._claimed: dict[int, tuple[str, str]] = {}
         self.queue = QueueFigures(self.labels)
         r.register(self.queue)
+        self.breakers = BreakerFigures(self.labels)
+        r.register(self.breakers)
 
     # -- the hooks -----------------------------------------------------------------------------
 
@@ -216,6 +219,50 @@ class QueueFigures:
         yield stamp
 
 
+# The states a breaker is shown in (sqlbridge.breaker.describe), each a series of its own.
+BREAKER_SHOWN = ("closed", "open", "half-open")
+
+
+class BreakerFigures:
+    """A collector for the circuit breakers as last read (on the queue figures' clock)."""
+
+    def __init__(self, labels: Labels) -> None:
+        self.labels = labels
+        self.rows: list[dict[str, Any]] = []
+
+    def update(self, rows: list[dict[str, Any]]) -> None:
+        self.rows = rows
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        state = GaugeMetricFamily(
+            "sqlbridge_circuit_state", "1 for the state each (account, provider) circuit "
+            "breaker is in: closed, open (claims paused) or half_open (one probe due or "
+            "running); read from the database.", labels=["account", "provider", "state"])
+        failures = GaugeMetricFamily(
+            "sqlbridge_circuit_consecutive_failures", "Transient failures in a row of each "
+            "breaker (it opens at breaker_failures).", labels=["account", "provider"])
+        trips = CounterMetricFamily(
+            "sqlbridge_circuit_trips", "Times each breaker opened (a failed probe opens it "
+            "again), as recorded in the database.", labels=["account", "provider"])
+        merged: dict[tuple[str, str], dict[str, Any]] = {}
+        for row in self.rows:  # 'other' can gather several unknown accounts
+            key = (self.labels.account(row["account"]), self.labels.provider(row["provider"]))
+            slot = merged.setdefault(key, {"state": "closed", "failures": 0, "trips": 0})
+            if BREAKER_SHOWN.index(row["state"]) > BREAKER_SHOWN.index(slot["state"]):
+                slot["state"] = row["state"]
+            slot["failures"] = max(slot["failures"], row["failures"])
+            slot["trips"] += row["trips"]
+        for (account, provider), v in sorted(merged.items()):
+            for shown in BREAKER_SHOWN:
+                state.add_metric([account, provider, shown.replace("-", "_")],
+                                 1.0 if v["state"] == shown else 0.0)
+            failures.add_metric([account, provider], v["failures"])
+            trips.add_metric([account, provider], v["trips"])
+        yield state
+        yield failures
+        yield trips
+
+
 class MetricsServer:
     """``/metrics``, ``/healthz``, ``/readyz`` on one port, plus the slow queue sampler."""
 
@@ -269,6 +316,7 @@ class MetricsServer:
         while not self._stop.is_set():
             try:
                 self.metrics.queue.update(queue_health(self.engine))
+                self.metrics.breakers.update(breaker_states(self.engine))
             except Exception as exc:  # noqa: BLE001 - a failed sample keeps the last one
                 log.warning("queue figures not read: %s", type(exc).__name__)
             self._stop.wait(self.queue_interval * random.uniform(0.8, 1.2))

@@ -116,13 +116,31 @@ def _selection(request_id: int | None, opts: dict[str, Any]) -> oa.Selection:
 
 
 def _status_snapshot(ctx: Context) -> dict[str, Any]:
-    from . import monitoring
+    from . import breaker, monitoring
 
     s = ctx.queue.summary()
     rows = monitoring.queue_health(ctx.engine)
     s["queue_health"] = rows
     s["queue_totals"] = monitoring.totals(rows)
+    s["circuit_breakers"] = breaker.states(ctx.engine)
+    caps = ctx.queue.caps
+    with ctx.engine.connect() as conn:
+        busy = caps.in_flight(conn)
+    s["max_in_flight"] = [{"account": a, "provider": p, "max_in_flight": cap,
+                           "in_flight": busy.get((a, p), 0)} for (a, p), cap in caps.caps.items()]
     return s
+
+
+def _breakers_text(s: dict[str, Any]) -> list[str]:
+    """The breakers that are not closed or are counting failures; one line when none is."""
+    shown = [dict(b, state=b["state"] + (f" (probe {b['probe']})" if b["probe"] else ""),
+                  open_for=f"{b['seconds_left']:.0f}s" if b["seconds_left"] is not None else "")
+             for b in s["circuit_breakers"] if b["state"] != "closed" or b["failures"]]
+    if not shown:
+        return ["\ncircuit breakers: all closed"]
+    return ["\ncircuit breakers (claims of an open one pause; see docs/reliability.md):",
+            _table(shown, ["account", "provider", "state", "open_for", "failures", "trips",
+                           "last_error"])]
 
 
 def _status_text(s: dict[str, Any]) -> str:
@@ -138,6 +156,11 @@ def _status_text(s: dict[str, Any]) -> str:
         lines.append(_table(s["queue_health"], ["operation", "queued", "due", "processing",
                                                 "stuck", "uncertain",
                                                 "oldest_queued_age_seconds"]))
+    lines += _breakers_text(s)
+    if s["max_in_flight"]:
+        lines.append("\nmax_in_flight (calls in flight across all workers):")
+        lines.append(_table(s["max_in_flight"], ["account", "provider", "in_flight",
+                                                 "max_in_flight"]))
     if s["recent_failures"]:
         lines.append("\nrecent failures:")
         lines.append(_table(s["recent_failures"], ["id", "operation", "status", "error_code",

@@ -47,7 +47,7 @@ from sqlalchemy.dialects import mssql
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.sql.util import ClauseAdapter
 
-from . import delivery, idempotency, registry
+from . import breaker, delivery, gates, idempotency, registry
 from .config import Settings
 from .durations import MAX_AGE_SECONDS
 from .errors import ConfigError, InvalidState, RequestNotFound, ValidationError
@@ -116,6 +116,9 @@ class Completion:
     followups: list[dict[str, Any]] = field(default_factory=list)
     # The claim this attempt ran for: operation/account/max_attempts for the log line.
     claim: Claimed | None = None
+    # What the attempt said about the API, for its circuit breaker: breaker.UP, breaker.DOWN
+    # or None (nothing learned).
+    api_signal: str | None = None
 
 
 # Fields a request may carry in enqueue_many / ``enqueue --file``.
@@ -217,37 +220,49 @@ def _queued(index: str) -> Any:
     return IndexedBy.of(outbox, "q", index)
 
 
-def _claim_statement(limit: int, scope: Any = None) -> Any:
-    # Built once per batch size (building it cost more CPU than running it; constructs are
+def _claim_statement(limit: int, scope: Any = None, capped: int = 0,
+                     probe: bool = False) -> Any:
+    # Built once per shape (building it cost more CPU than running it; constructs are
     # immutable, so sharing them is safe); a scoped claim is built each time.
-    return _claim_for(limit) if scope is None else _build_claim(limit, scope)
+    return _claim_for(limit, capped, probe) if scope is None else \
+        _build_claim(limit, scope, capped, probe)
 
 
 @functools.lru_cache(maxsize=256)
-def _claim_for(limit: int) -> Any:
-    return _build_claim(limit, None)
+def _claim_for(limit: int, capped: int = 0, probe: bool = False) -> Any:
+    return _build_claim(limit, None, capped, probe)
 
 
-def _build_claim(limit: int, scope: Any) -> Any:
+def _build_claim(limit: int, scope: Any, capped: int = 0, probe: bool = False) -> Any:
     # ``scope``: an extra condition on outbox columns (``sqlbridge sync`` claims only its own
     # run's rows). Walks ix_outbox_claim_order in the claim's order and stops after ``limit``
     # due rows: the cost does not grow with the backlog (tests/test_backlog.py checks the plan).
+    # The gates (sqlbridge.gates): rows of an open circuit breaker are skipped, unless this is
+    # that key's probe (``probe``: only the key bound as probe_account/probe_provider);
+    # ``capped`` keys (bound as cap{i}_account/_provider/cap_room{i}) are skipped when full
+    # and trimmed to their room.
     q = _queued("ix_outbox_claim_order")
     extra = [] if scope is None else [ClauseAdapter(q).traverse(scope)]
+    provider = gates.row_provider(q)
+    extra.append(gates.key_is(q, provider, "probe") if probe
+                 else gates.breaker_clear(q, provider))
+    extra += [gates.not_full(q, provider, i) for i in range(capped)]
+    columns = [q.c.id] + ([q.c.account, provider.label("prov"), q.c.priority] if capped else [])
     pick = (
-        select(q.c.id)
+        select(*columns)
         .where(q.c.status == constant("queued"), q.c.available_at <= utcnow(), *extra)
         .order_by(q.c.priority.desc(), q.c.id)
         .limit(limit)
         .with_hint(q, CLAIM_HINT, "mssql")
     )
+    ids = gates.within_room(pick, capped) if capped else pick.scalar_subquery()
     return (
         update(outbox)
         # The status check again (Babelfish ignores the locking hints: this is what stops two
         # claims taking one row there), written so no index can serve it on SQLite, whose
         # planner would otherwise walk every queued row of ix_outbox_status_finished instead
         # of looking up the picked ids by primary key.
-        .where(outbox.c.id.in_(pick.scalar_subquery()),
+        .where(outbox.c.id.in_(ids),
                unindexed(outbox.c.status) == "queued")
         .values(
             status="processing",
@@ -490,6 +505,8 @@ def mssql_statements() -> dict[str, str]:
     dialect = mssql.dialect()
     statements = {
         "claim": _claim_statement(10),
+        "claim_capped": _claim_statement(10, capped=2),
+        "claim_probe": _claim_statement(1, probe=True),
         "adopt": _adopt_statement(),
         "finish": _finish_statement(),
         "finish_held": _held_statement(),
@@ -556,6 +573,10 @@ def _retry_statement() -> Any:
     )
 
 
+class _NothingToProbe(Exception):
+    """A probe claim found nothing to probe: its transaction is rolled back."""
+
+
 class Queue:
     """Every outbox operation, as one statement each (see the module docstring)."""
 
@@ -565,6 +586,9 @@ class Queue:
         # render_as_string: str(url) prints the password as *** and would not connect.
         self.settings = settings or Settings(
             database_url=engine.url.render_as_string(hide_password=False))
+        # The claim's gates, shared with every other worker through the database.
+        self.caps = gates.Caps(engine, gates.caps_of(self.settings))
+        self.breakers = breaker.Breakers(engine, self.settings)
 
     # -- enqueue ----------------------------------------------------------------------------
 
@@ -814,51 +838,82 @@ class Queue:
 
     def claim(self, worker: str, limit: int, lease_seconds: float,
               scope: Any = None, *, token: str | None = None,
-              adopt: bool = False) -> list[Claimed]:
+              adopt: bool = False, probe: gates.Key | None = None) -> list[Claimed]:
         """Claim up to ``limit`` due rows under one lease token, new unless given
         (``scope``: an extra condition, for ``sqlbridge sync``). A claim that fails on a row's
         content (a poison row) isolates that row (``isolate_unreadable``) and claims again, so
         one unreadable row never stops the queue. ``adopt``: first take back the rows already
-        claimed under ``token`` (see ``repeatable_claim``)."""
+        claimed under ``token`` (see ``repeatable_claim``).
+
+        The gates hold (sqlbridge.gates): no row of an (account, provider) whose circuit
+        breaker is open, and no more rows of a capped one than its ``max_in_flight`` allows.
+        ``probe``: claim one row of that key as its breaker's probe, if its pause is over and
+        no other worker probes it (else nothing)."""
         if limit <= 0:
             return []
+        if probe is not None:
+            limit = 1  # a probe is one row, whatever was asked
         token = token or uuid.uuid4().hex
+        self.caps.ensure_rows()
         try:
-            return self._claim(worker, limit, lease_seconds, scope, token, adopt)
+            return self._claim(worker, limit, lease_seconds, scope, token, adopt, probe)
         except Exception as exc:
             if not is_data_error(exc) or not self.isolate_unreadable(limit):
                 raise
-        return self._claim(worker, limit, lease_seconds, scope, token, adopt)
+        return self._claim(worker, limit, lease_seconds, scope, token, adopt, probe)
 
     def _claim(self, worker: str, limit: int, lease_seconds: float, scope: Any, token: str,
-               adopt: bool) -> list[Claimed]:
-        with self.engine.begin() as conn:
-            rows = conn.execute(_adopt_statement(), {"token": token}).all() if adopt else []
-            if limit > len(rows):
-                rows += conn.execute(_claim_statement(limit - len(rows), scope),
-                                     {"worker": worker, "lease": float(lease_seconds),
-                                      "token": token}).all()
-            # A row whose numbers are not numbers (SQLite stores 'high' in an INTEGER column)
-            # is failed here, in the claim's own transaction: raising after the claim would
-            # leave the whole batch 'processing' until lease recovery, which must call its
-            # sends 'uncertain'.
-            claimed, bad = [], []
-            for row in rows:
-                try:
-                    one = _claimed(row)
-                except (TypeError, ValueError, OverflowError) as exc:
-                    bad.append((row.id, f"{type(exc).__name__}: {str(exc)[:120]}"))
-                    continue
-                # 0 (the column's default) means the worker's setting.
-                claimed.append(dataclasses.replace(
-                    one, max_attempts=self.max_attempts_of(one.max_attempts)))
-            if bad:
-                _fail_unreadable_in(conn, bad)
+               adopt: bool, probe: gates.Key | None = None) -> list[Claimed]:
+        try:
+            with self.engine.begin() as conn:
+                rows = conn.execute(_adopt_statement(), {"token": token}).all() if adopt \
+                    else []
+                if limit > len(rows):
+                    rows += self._claim_more(conn, worker, limit - len(rows), lease_seconds,
+                                             scope, token, None if rows else probe)
+                claimed = self._checked(conn, rows)
+        except _NothingToProbe:
+            return []  # rolled back: the breaker stays as it was
         claimed.sort(key=lambda c: (-c.priority, c.id))
         return claimed
 
-    def repeatable_claim(self, worker: str, limit: int,
-                         lease_seconds: float) -> Callable[[], list[Claimed]]:
+    def _claim_more(self, conn: Connection, worker: str, limit: int, lease_seconds: float,
+                    scope: Any, token: str, probe: gates.Key | None) -> list[Any]:
+        params: dict[str, Any] = {"worker": worker, "lease": float(lease_seconds),
+                                  "token": token}
+        if probe is not None:
+            if not self.breakers.take_probe(conn, probe, lease_seconds):
+                raise _NothingToProbe
+            params.update(probe_account=probe[0], probe_provider=probe[1])
+        if self.caps:
+            params.update(self.caps.claim_params(conn))
+        rows = conn.execute(_claim_statement(limit, scope, len(self.caps.keys),
+                                             probe is not None), params).all()
+        if probe is not None and not rows:
+            raise _NothingToProbe  # nothing of the key is due: no probe taken
+        return rows
+
+    def _checked(self, conn: Connection, rows: list[Any]) -> list[Claimed]:
+        # A row whose numbers are not numbers (SQLite stores 'high' in an INTEGER column)
+        # is failed here, in the claim's own transaction: raising after the claim would
+        # leave the whole batch 'processing' until lease recovery, which must call its
+        # sends 'uncertain'.
+        claimed, bad = [], []
+        for row in rows:
+            try:
+                one = _claimed(row)
+            except (TypeError, ValueError, OverflowError) as exc:
+                bad.append((row.id, f"{type(exc).__name__}: {str(exc)[:120]}"))
+                continue
+            # 0 (the column's default) means the worker's setting.
+            claimed.append(dataclasses.replace(
+                one, max_attempts=self.max_attempts_of(one.max_attempts)))
+        if bad:
+            _fail_unreadable_in(conn, bad)
+        return claimed
+
+    def repeatable_claim(self, worker: str, limit: int, lease_seconds: float,
+                         probe: gates.Key | None = None) -> Callable[[], list[Claimed]]:
         """A claim for a retry loop. When the connection drops around the claim's commit, the
         worker cannot know whether the rows became its own; a repeat of this callable reuses
         the lease token, so it takes back whatever the first commit claimed (never sent, so
@@ -870,7 +925,8 @@ class Queue:
         def run() -> list[Claimed]:
             nonlocal calls
             calls += 1
-            return self.claim(worker, limit, lease_seconds, token=token, adopt=calls > 1)
+            return self.claim(worker, limit, lease_seconds, token=token, adopt=calls > 1,
+                              probe=probe)
 
         return run
 
@@ -902,6 +958,7 @@ class Queue:
             return []
         fenced: list[int] = []
         repeated: set[int] = set()
+        self.breakers.prepare(completions)
         with self.engine.begin() as conn:
             # Which leases still hold, read under lock, then every held row's UPDATE in one
             # executemany (one round trip with pyodbc's fast_executemany) instead of one
@@ -942,6 +999,9 @@ class Queue:
             ]
             if attempt_rows:  # an empty list would run one INSERT with no values
                 conn.execute(_attempt_statement(), attempt_rows)
+            # What the attempts said about each API, whatever became of their rows (a fenced
+            # result still heard the API); last, so the breaker rows are locked briefly.
+            self.breakers.record(conn, [c for c in completions if c.id not in repeated])
         return fenced
 
     def recover_expired(self) -> dict[str, int]:

@@ -357,6 +357,41 @@ rate_limit_slot = Table(
     info={"script": SHARED_LIMITS_SCRIPT},
 )
 
+# The claim's gates per (account, provider), shared by every worker and host: the circuit
+# breaker's state (sqlbridge.breaker) and the row that serialises capped claims
+# (sqlbridge.gates, max_in_flight). Added after 005, in a versioned script of their own.
+CLAIM_GATES_SCRIPT = "006_claim_gates.sql"
+# closed: claims run; open: paused until open_until; probing: one probe claimed, the others
+# wait until it answers or open_until (the probe's lease) passes.
+BREAKER_STATES = ("closed", "open", "probing")
+circuit_breaker = Table(
+    "circuit_breaker",
+    metadata,
+    Column("account", Unicode(100), primary_key=True),
+    Column("provider", Unicode(20), primary_key=True),
+    Column("state", Unicode(10), nullable=False, server_default=text("'closed'")),
+    # Transient failures in a row (reset by a success or a refusal: the API answered).
+    Column("failures", Integer, nullable=False, server_default=text("0")),
+    Column("open_until", Timestamp, nullable=True),
+    # Seconds of the current pause: breaker_cooldown, doubled by each failed probe.
+    Column("cooldown", Float, nullable=False, server_default=text("0")),
+    # Times the breaker opened (a failed probe opens it again), ever.
+    Column("trips", Integer, nullable=False, server_default=text("0")),
+    Column("last_error", Unicode(100), nullable=True),
+    _now("changed_at"),
+    CheckConstraint("state IN ('closed', 'open', 'probing')", name="ck_circuit_breaker_state"),
+    info={"script": CLAIM_GATES_SCRIPT},
+)
+in_flight_lock = Table(
+    "in_flight_lock",
+    metadata,
+    Column("account", Unicode(100), primary_key=True),
+    Column("provider", Unicode(20), primary_key=True),
+    # Bumped by every capped claim: the UPDATE is what holds the row's lock to the commit.
+    Column("claims", BigInteger, nullable=False, server_default=text("0")),
+    info={"script": CLAIM_GATES_SCRIPT},
+)
+
 schema_version = Table(
     "schema_version",
     metadata,

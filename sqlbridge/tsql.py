@@ -981,6 +981,9 @@ WORKER_GRANTS = {
     "operator_action": "SELECT, INSERT, UPDATE",
     # Send slots of rate_limit shared by all workers (sqlbridge.shared_limits).
     "rate_limit_slot": "SELECT, INSERT, UPDATE",
+    # The claim's gates: circuit breaker state and the capped claims' lock (sqlbridge.gates).
+    "circuit_breaker": "SELECT, INSERT, UPDATE",
+    "in_flight_lock": "SELECT, INSERT, UPDATE",
     **{t.name: "SELECT, INSERT, UPDATE" for t in INBOX_TABLES},
 }
 

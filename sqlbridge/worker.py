@@ -267,8 +267,9 @@ class Worker:
                 if free > 0 and (not inflight or free >= max(1, self.concurrency // 2)) \
                         and not quiet:
                     t0 = time.monotonic()
-                    claims = self._db("claim", self.queue.repeatable_claim(
-                        self.id, min(free, self.batch), self.lease)) or []
+                    claims = self._probes(free)
+                    claims += self._db("claim", self.queue.repeatable_claim(
+                        self.id, min(free - len(claims), self.batch), self.lease)) or []
                     self.observer.claimed(claims, time.monotonic() - t0)
                 for c in claims:
                     tokens.setdefault(c.lease_token, now)
@@ -293,6 +294,11 @@ class Worker:
                         # Wait for retries about to fall due; leave far-future rows queued.
                         if due is None or due > ONCE_HORIZON:
                             break
+                        if due == 0:
+                            # Due rows that no claim could take (a full max_in_flight, an
+                            # open circuit breaker): a dead worker's leases may be what holds
+                            # them, so recovery keeps its busy clock.
+                            next_recovery = min(next_recovery, now + max(1.0, self.lease / 4))
                         self._stop.wait(min(max(due, 0.01), self.poll_interval))
                         continue
                     # Idle: wait for a due row, an expired lease or a due schedule (the
@@ -326,6 +332,22 @@ class Worker:
                 waker.close()
             self._shutdown(pool, inflight, done, writer, tokens)
         return self.stats
+
+    def _probes(self, free: int) -> list[Claimed]:
+        """One probe row for each circuit breaker whose pause is over (sqlbridge.breaker),
+        if this worker wins it. The breakers are read at most once a second, so this costs
+        nothing while every breaker is closed."""
+        claims: list[Claimed] = []
+        for key in self._db("circuit breakers", self.queue.breakers.due_probes) or []:
+            if len(claims) >= free:
+                break
+            got = self._db("probe", self.queue.repeatable_claim(self.id, 1, self.lease,
+                                                                probe=key)) or []
+            if got:
+                log.info("circuit breaker %s/%s: probing with request %d", key[0], key[1],
+                         got[0].id)
+            claims += got
+        return claims
 
     def _retention(self, now: float) -> None:
         """``[worker] retention``: purge finished requests older than it, on a slow clock

@@ -40,9 +40,10 @@ def test_scripts_run_versioned_then_engine_then_repeatable() -> None:
     assert install.ordered_scripts() == ["001_schema.sql", "002_operator_action.sql",
                                          "003_backlog_indexes.sql", "004_shared_limits.sql",
                                          "005_max_attempts_default.sql",
+                                         "006_claim_gates.sql",
                                          "engine/sqlserver.sql", "100_roles.sql",
                                          "110_procedures.sql", "120_views.sql"]
-    assert install.ordered_scripts(babelfish=True)[5] == "engine/babelfish.sql"
+    assert install.ordered_scripts(babelfish=True)[6] == "engine/babelfish.sql"
     assert install.is_versioned("001_schema.sql") and install.is_versioned("099_x.sql")
     assert not install.is_versioned("110_procedures.sql")
     assert not install.is_versioned("engine/sqlserver.sql")

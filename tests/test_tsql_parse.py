@@ -115,12 +115,16 @@ def test_worker_statements_sent_to_sql_server_parse(tmp_path: Path) -> None:
     except ImportError:
         pytest.skip("inbox.mssql_statements not available yet")
     statements = {**queue_statements(), **inbox_statements()}
-    for module in ("messages", "sync", "wakeup", "shared_limits"):
+    for module in ("messages", "sync", "wakeup", "shared_limits", "gates", "breaker"):
         # Optional: queue and inbox are the modules that must be there.
         with contextlib.suppress(ImportError, AttributeError):
             statements.update(__import__(f"sqlbridge.{module}",
                                          fromlist=["mssql_statements"]).mssql_statements())
     assert "WITH (ROWLOCK, READPAST, UPDLOCK)" in statements["claim"]
+    # The gated claims keep the claim's locking hints (sqlbridge.gates).
+    assert "WITH (ROWLOCK, READPAST, UPDLOCK)" in statements["claim_capped"]
+    assert "WITH (ROWLOCK, READPAST, UPDLOCK)" in statements["claim_probe"]
+    assert {"cap_lock", "cap_count", "breaker_record", "breaker_probe"} <= set(statements)
     assert "WAITFOR DELAY" in statements["wakeup_waitfor"]
     assert "OUTPUT inserted." in statements["claim"]
     assert not any(re.search(r"OUTPUT\s+deleted\.", s, re.I) for s in statements.values())

@@ -31,7 +31,7 @@ from markupsafe import Markup, escape
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
-from .. import monitoring, redact
+from .. import breaker, monitoring, redact
 from .. import operator_actions as oa
 from .. import sync as sync_mod
 from ..config import Settings
@@ -135,6 +135,7 @@ def create_app(settings: Settings, engine: Engine, *, password: str | None = Non
         per_hour = data.hourly(engine)
         return page("overview.html", summary=summary, health=health,
                     totals=monitoring.totals(health), workers=data.workers(engine),
+                    breakers=breaker.states(engine),
                     statuses=STATUSES, now=data.db_now(engine),
                     chart_ok=charts.bars(per_hour["succeeded"], per_hour["starts"],
                                          "requests succeeded per hour", "ok"),

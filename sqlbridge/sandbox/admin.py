@@ -68,7 +68,8 @@ def _revoke(sb: Sandbox, body: dict[str, Any]) -> dict[str, Any]:
 
 def _seen(sb: Sandbox, body: dict[str, Any]) -> dict[str, Any]:
     return {"requests": list(sb.requests_seen),
-            "operations": [list(pair) for pair in sb.operations_seen]}
+            "operations": [list(pair) for pair in sb.operations_seen],
+            "in_flight": sb.in_flight, "max_in_flight": sb.max_in_flight}
 
 
 ACTIONS: dict[str, Callable[[Sandbox, dict[str, Any]], dict[str, Any]]] = {

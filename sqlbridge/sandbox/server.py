@@ -188,7 +188,15 @@ class _Handler(BaseHTTPRequestHandler):
         afilnet_path = path in _AFILNET_PATHS
         form = _form(parts.query, raw) if afilnet_path else {}
         sb.record(path, _operation(path, form))
-        if sb.faults.latency_ms and sb.stopping.wait(sb.faults.latency_ms / 1000):
+        # Counted while the call is held (its latency), and no longer once the answer may be
+        # on its way: a client can never see the answer while the call still counts.
+        sb.call_started()
+        try:
+            stopping = bool(sb.faults.latency_ms) and sb.stopping.wait(sb.faults.latency_ms
+                                                                       / 1000)
+        finally:
+            sb.call_ended()
+        if stopping:
             return  # stopping: no answer, as from a vendor that went away mid-call
         kind = sb.plan.choose(path)
         if kind and not kind.startswith("after_") and self._fault(kind):
@@ -313,6 +321,10 @@ class Sandbox:
         # (operation, message or body) of every request that was processed, i.e. got past the
         # faults that happen before processing: what the fake vendor actually did.
         self.processed: list[tuple[str, str]] = []
+        # API calls held now (in their latency), and the most there ever were at once: what
+        # a concurrency cap is checked against.
+        self.in_flight = 0
+        self.max_in_flight = 0
         self._seen_lock = threading.Lock()
         self.stopping = threading.Event()
         self._server: _Server | None = None
@@ -322,6 +334,15 @@ class Sandbox:
         with self._seen_lock:
             self.requests_seen.append(path)
             self.operations_seen.append((path, operation))
+
+    def call_started(self) -> None:
+        with self._seen_lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def call_ended(self) -> None:
+        with self._seen_lock:
+            self.in_flight -= 1
 
     def record_processed(self, operation: str, what: str | None) -> None:
         with self._seen_lock:
@@ -335,6 +356,7 @@ class Sandbox:
             self.requests_seen.clear()
             self.operations_seen.clear()
             self.processed.clear()
+            self.max_in_flight = self.in_flight
 
     def fail_next(self, n: int, kind: str, path_contains: str | None = None) -> None:
         self.plan.fail_next(n, kind, path_contains)

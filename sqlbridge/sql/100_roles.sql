@@ -44,6 +44,8 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON sqlbridge.sync_schedule TO sqlbridge_wor
 GRANT SELECT ON sqlbridge.schema_version TO sqlbridge_worker;
 GRANT SELECT, INSERT, UPDATE ON sqlbridge.operator_action TO sqlbridge_worker;
 GRANT SELECT, INSERT, UPDATE ON sqlbridge.rate_limit_slot TO sqlbridge_worker;
+GRANT SELECT, INSERT, UPDATE ON sqlbridge.circuit_breaker TO sqlbridge_worker;
+GRANT SELECT, INSERT, UPDATE ON sqlbridge.in_flight_lock TO sqlbridge_worker;
 GRANT SELECT, INSERT, UPDATE ON sqlbridge.chat_channel TO sqlbridge_worker;
 GRANT SELECT, INSERT, UPDATE ON sqlbridge.chat TO sqlbridge_worker;
 GRANT SELECT, INSERT, UPDATE ON sqlbridge.chat_message TO sqlbridge_worker;
