@@ -178,18 +178,25 @@ class Caps:
                 pass  # another worker created it between our look and our insert
         self._rows_ready = True
 
+    def lock(self, conn: Connection) -> None:
+        """Take the capped keys' row locks until ``conn``'s transaction ends (the SQL Server
+        family; nothing to do on SQLite, whose write transactions already run one at a
+        time)."""
+        if not self._locking or not self.keys:
+            return
+        locked = conn.execute(_lock_statement(len(self.keys)), self._key_params()).rowcount
+        if locked != len(self.keys):
+            # A lock row was deleted by hand: claim with the others' locks, and make the
+            # rows again before the next claim.
+            log.warning("in_flight_lock lacks %d of its rows; recreating them",
+                        len(self.keys) - locked)
+            self._rows_ready = False
+
     def claim_params(self, conn: Connection) -> dict[str, Any]:
-        """In the claim's transaction: lock the capped keys (SQL Server family), count their
-        rows in flight, and return the claim statement's parameters (each key's room)."""
+        """In the claim's transaction: lock the capped keys, count their rows in flight, and
+        return the claim statement's parameters (each key's room)."""
         params = self._key_params()
-        if self._locking:
-            locked = conn.execute(_lock_statement(len(self.keys)), params).rowcount
-            if locked != len(self.keys):
-                # A lock row was deleted by hand: claim with the others' locks, and make the
-                # rows again before the next claim.
-                log.warning("in_flight_lock lacks %d of its rows; recreating them",
-                            len(self.keys) - locked)
-                self._rows_ready = False
+        self.lock(conn)
         busy = {(a, p): int(n) for a, p, n in conn.execute(
             _count_statement(), {"cap_accounts": sorted({a for a, _ in self.keys})})}
         for i, key in enumerate(self.keys):

@@ -23,12 +23,13 @@ from typing import Any
 import pytest
 import requests
 from click.testing import CliRunner
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, event, func, select, update
 
 from sqlbridge import attempt, breaker
 from sqlbridge.cli import main
 from sqlbridge.config import ConfigError, Settings, load
 from sqlbridge.dashboard.server import Dashboard
+from sqlbridge.db import make_engine
 from sqlbridge.metrics import MetricsServer, WorkerMetrics
 from sqlbridge.providers import Providers
 from sqlbridge.queue import Claimed, Queue
@@ -126,6 +127,48 @@ def test_a_capped_claim_takes_only_the_room_left_and_other_accounts_still_flow(
     again = worker_b.claim("b", 50, 60)
     assert [c.id for c in again] == [capped[0]]  # exactly the room that came back
     assert worker_a.claim("a", 50, 60) == []
+
+
+def test_a_capped_claim_counts_what_a_concurrent_claim_has_not_committed_yet(
+        live: Settings, queue: Queue, db_url: str) -> None:
+    settings = gated(live, max_in_flight=2)
+    first = reads(queue, 3)
+    urgent = queue.enqueue("chat.getchats", CHAT, priority=10).id  # due after that claim
+    holder = Queue(queue.engine, settings)
+    holder.caps.ensure_rows()
+    other_engine = make_engine(db_url)  # the second worker's own connections
+    waiter = Queue(other_engine, settings)
+    counted = threading.Event()
+
+    def seen(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
+        if "AS prov" in statement and "count(" in statement.lower():
+            counted.set()  # the second claim has counted the key's rows in flight
+
+    event.listen(other_engine, "after_cursor_execute", seen)
+    got: list[list[Claimed]] = []
+    try:
+        with queue.engine.connect() as conn:
+            transaction = conn.begin()
+            # A capped claim in progress: it holds the key's lock and has taken two rows,
+            # not yet committed (no other transaction can count them).
+            holder.caps.lock(conn)
+            conn.execute(update(outbox).where(outbox.c.id.in_(first[:2]))
+                         .values(status="processing", locked_by="holder",
+                                 locked_until=utcnow(60), lease_token="t", attempts=1))
+            racer = threading.Thread(target=lambda: got.append(waiter.claim("b", 10, 60)))
+            racer.start()
+            # Without the lock the second claim counts now, before this commit, and sees
+            # none of the first one's rows; with it, it waits (and this wait runs out).
+            counted.wait(3)
+            transaction.commit()
+        racer.join(60)
+    finally:
+        other_engine.dispose()
+    # The second claim counted the first one's two rows: the key was full, and the urgent
+    # row (and the third) stayed queued.
+    assert got == [[]]
+    assert statuses(queue) == {"processing": 2, "queued": 2}
+    assert queue.get(urgent)["status"] == "queued"
 
 
 def expire_leases(engine: Engine) -> None:
