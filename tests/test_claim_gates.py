@@ -119,10 +119,14 @@ def test_a_capped_claim_takes_only_the_room_left_and_other_accounts_still_flow(
     capped = reads(queue, 10)  # first in the claim's order
     free = reads(queue, 5, account="other")
     worker_a, worker_b = Queue(queue.engine, settings), Queue(queue.engine, settings)
-    got = worker_a.claim("a", 50, 60)
-    # The capped account's 2, and the rows behind its backlog: it does not block the queue.
-    assert sorted(c.id for c in got) == sorted(capped[:2] + free)
-    assert worker_b.claim("b", 50, 60) == []  # full for every worker
+    got = worker_a.claim("a", 5, 60)
+    # A batch of 5 meets the capped account's backlog first: 2 of it (its room), and no
+    # more of it (the claim may come back short).
+    assert [c.id for c in got] == capped[:2]
+    # Full now: the next claims step over its backlog to the rows behind it, so a capped
+    # account never blocks the others.
+    assert [c.id for c in worker_b.claim("b", 5, 60)] == free
+    assert worker_a.claim("a", 50, 60) == []  # full for every worker
     worker_a.release([c for c in got if c.id == capped[0]])
     again = worker_b.claim("b", 50, 60)
     assert [c.id for c in again] == [capped[0]]  # exactly the room that came back
@@ -304,6 +308,28 @@ def trip(queue: Queue, settings: Settings, sandbox: Sandbox, providers: Provider
     queue.finish([done])
     assert (breaker_row(queue.engine) or {}).get("state") == "open"
     return claim.id
+
+
+def test_a_success_on_any_worker_resets_the_count_of_failures_in_a_row(
+        live: Settings, queue: Queue, sandbox: Sandbox, providers: Providers) -> None:
+    settings = gated(live, breaker_failures=3, breaker_cooldown=600)
+    worker_a, worker_b = Queue(queue.engine, settings), Queue(queue.engine, settings)
+    reads(queue, 5)
+
+    def attempt_on(q: Queue, fail: bool) -> None:
+        [claim] = q.claim("w", 1, 60)
+        if fail:
+            sandbox.fail_next(1, "503")
+        q.finish([attempt.run(claim, settings=settings, call=providers.call, worker="w")])
+
+    attempt_on(worker_a, fail=True)
+    attempt_on(worker_a, fail=True)
+    attempt_on(worker_b, fail=False)  # another worker hears the API answer
+    attempt_on(worker_a, fail=True)
+    attempt_on(worker_a, fail=True)
+    row = breaker_row(queue.engine)
+    # 2, reset, 2: never 3 in a row, so it stayed closed.
+    assert row is not None and (row["state"], row["failures"], row["trips"]) == ("closed", 2, 0)
 
 
 def test_only_one_worker_probes_and_the_others_stay_paused_until_it_answers(
