@@ -12,8 +12,9 @@ a label or a value.
 
 **Queue figures come from the database on a slow clock.** Each worker with metrics on reads
 ``sqlbridge.queue_health`` (``sqlbridge.monitoring``) and the circuit breakers
-(``sqlbridge.breaker``) every ``queue_interval`` seconds (default 30), starting at a random point of the first interval and jittered by ±20 % after, so workers
-started together do not read together. Chosen over electing one reader through a lease row:
+(``sqlbridge.breaker``) every ``queue_interval`` seconds (default 30), starting at a random
+point of the first interval and jittered by ±20 % after, so workers started together do not
+read together. Chosen over electing one reader through a lease row:
 ten workers cost one cheap grouped read of the live rows every three seconds, next to the
 hundreds of claim statements a busy queue runs per second; a lease would add a table, a write
 per interval and a gap whenever its holder dies, to save that. Every worker's gauges then stand

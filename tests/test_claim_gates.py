@@ -30,6 +30,7 @@ from sqlbridge.cli import main
 from sqlbridge.config import ConfigError, Settings, load
 from sqlbridge.dashboard.server import Dashboard
 from sqlbridge.db import make_engine
+from sqlbridge.install import install
 from sqlbridge.metrics import MetricsServer, WorkerMetrics
 from sqlbridge.providers import Providers
 from sqlbridge.queue import Claimed, Queue
@@ -442,3 +443,25 @@ def test_a_breaker_set_to_0_never_opens(live: Settings, queue: Queue,
     assert breaker_row(queue.engine) is None
     with queue.engine.connect() as c:
         assert c.execute(select(func.count()).select_from(outbox_attempt)).scalar() == 9
+
+
+@pytest.mark.sqlite_only
+def test_a_capped_claim_still_walks_the_claim_index_and_counts_only_rows_in_flight(
+        tmp_path: Path) -> None:
+    from .test_backlog import fill, plans
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'plans.db'}")
+    install(engine)
+    fill(engine)
+    settings = gated(Settings(database_url=str(engine.url)), max_in_flight=2)
+    count, claim = plans(engine, lambda: Queue(engine, settings).claim("w", 10, 30))
+    engine.dispose()
+    # The count reads the rows in flight (the partial index holds nothing else).
+    assert "SCAN p USING INDEX ix_outbox_lease" in count, count
+    # The claim walks the claim index in order, as an uncapped one does; only the rows it
+    # picked (at most a batch) are numbered per key.
+    assert "SCAN q USING INDEX ix_outbox_claim_order" in claim, claim
+    lines = claim.splitlines()
+    sorts = [i for i, line in enumerate(lines) if "TEMP B-TREE" in line]
+    assert all(lines[i - 1] == "SCAN p" for i in sorts), claim  # the picked rows' sort only
+    assert re.match(r"SEARCH (main\.)?outbox USING INTEGER PRIMARY KEY", claim), claim
