@@ -135,6 +135,12 @@ def test_faults_during_a_sync_are_retried_and_nothing_is_duplicated(
 
 def test_a_sync_whose_root_keeps_failing_shows_the_failure_everywhere(
         live: Settings, sandbox: Sandbox, queue: Queue) -> None:
+    # Its failures open the account's circuit breaker on the way (5 in a row): the sync
+    # probes it itself after the pause, as a worker would.
+    acct = live.accounts["default"]
+    live = dataclasses.replace(live, accounts={"default": dataclasses.replace(
+        acct, afilnet=dataclasses.replace(acct.afilnet, breaker_cooldown=0.2))})
+    assert live.worker.max_attempts > acct.afilnet.breaker_failures
     sandbox.fail_next(live.worker.max_attempts, "500")
     summary = sync.sync_now(live, queue.engine)
     assert summary.requests == {"failed": 1}
