@@ -640,8 +640,15 @@ def _drive_run(queue: Any, settings: Any, root_id: int, sid: int, *,
                 next_recovery = now + max(1.0, w.lease_seconds / 4)
             late = deadline is not None and now >= deadline
             free = w.concurrency - len(inflight)
-            claims = [] if late or free <= 0 else queue.claim(
-                me, min(free, w.batch), w.lease_seconds, scope=scope)
+            claims = [] if late or free <= 0 else [
+                # A circuit breaker that opened on this run's calls is probed here too
+                # (sqlbridge.breaker), one row of the run per due key, or the run would wait
+                # for a worker to do it.
+                c for key in queue.breakers.due_probes()
+                for c in queue.claim(me, 1, w.lease_seconds, scope=scope, probe=key)]
+            if not late and free > len(claims):
+                claims += queue.claim(me, min(free - len(claims), w.batch), w.lease_seconds,
+                                      scope=scope)
             for c in claims:
                 inflight[pool.submit(attempt.run, c, settings=settings, call=providers.call,
                                      worker=me, followups=fan_out)] = c
