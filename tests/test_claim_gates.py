@@ -465,3 +465,21 @@ def test_a_capped_claim_still_walks_the_claim_index_and_counts_only_rows_in_flig
     sorts = [i for i, line in enumerate(lines) if "TEMP B-TREE" in line]
     assert all(lines[i - 1] == "SCAN p" for i in sorts), claim  # the picked rows' sort only
     assert re.match(r"SEARCH (main\.)?outbox USING INTEGER PRIMARY KEY", claim), claim
+
+
+@pytest.mark.sqlite_only
+def test_a_worker_refuses_a_database_that_lacks_the_new_tables(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = make_engine(url)
+    install(engine)
+    with engine.begin() as conn:  # as installed by a release before 006
+        conn.exec_driver_sql("DROP TABLE circuit_breaker")
+    engine.dispose()
+    result = CliRunner().invoke(main, ["worker", "--once", "--database-url", url])
+    assert result.exit_code == 3, result.output
+    assert "missing tables: circuit_breaker" in result.stderr
+    assert "run sqlbridge install" in result.stderr
+    result = CliRunner().invoke(main, ["install", "--database-url", url])
+    assert result.exit_code == 0
+    result = CliRunner().invoke(main, ["worker", "--once", "--database-url", url])
+    assert result.exit_code == 0, result.output
