@@ -56,7 +56,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mssql
 from sqlalchemy.exc import IntegrityError
 
-from .config import Settings
+from .config import BREAKER_FAILURES_MAX, Settings
 from .delivery import Reach, Verdict
 from .gates import Key, section
 from .schema import circuit_breaker
@@ -135,7 +135,9 @@ def _probe_statement() -> Any:
     return (update(_b)
             .where(_b.c.account == bindparam("probe_account"),
                    _b.c.provider == bindparam("probe_provider"),
-                   _b.c.state.in_(("open", "probing")), _b.c.open_until <= utcnow())
+                   _b.c.state.in_(("open", "probing")),
+                   # NULL: an open row without an end (edited by hand) is probed, not stuck.
+                   or_(_b.c.open_until.is_(None), _b.c.open_until <= utcnow()))
             .values(state="probing", open_until=utcnow(bindparam("b_lease")),
                     changed_at=utcnow()))
 
@@ -192,8 +194,7 @@ class Breakers:
         return [key for key, r in self._seen.items()
                 if key not in self._tried and r.state in ("open", "probing")
                 and self._now is not None
-                and _as_datetime(r.open_until) is not None
-                and _as_datetime(r.open_until) <= self._now]
+                and (r.open_until is None or _as_datetime(r.open_until) <= self._now)]
 
     def take_probe(self, conn: Connection, key: Key, lease: float) -> bool:
         """In the claim's transaction: become the key's one probe, if nobody else is. Tried
@@ -229,12 +230,17 @@ class Breakers:
         for key, s in _signals(completions):
             by_key.setdefault(key, []).append(s)
         for key, signals in by_key.items():
-            rule = rule_of(self.settings, key)
-            if rule is None:
-                continue
             up = UP in signals
             last_up = max((i for i, s in enumerate(signals) if s == UP), default=-1)
             tail = sum(1 for s in signals[last_up + 1:] if s == DOWN)
+            rule = rule_of(self.settings, key)
+            if rule is None:
+                # Off (breaker_failures = 0) or unknown here: count nothing, but a success
+                # still closes a breaker that opened while it was on, or its rows would
+                # wait for probes forever.
+                if not up:
+                    continue
+                rule, tail = Rule(BREAKER_FAILURES_MAX + 1, 1.0, 1.0), 0
             if not tail:
                 self.refresh(conn)
                 seen = self._seen.get(key)

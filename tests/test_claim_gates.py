@@ -483,3 +483,17 @@ def test_a_worker_refuses_a_database_that_lacks_the_new_tables(tmp_path: Path) -
     assert result.exit_code == 0
     result = CliRunner().invoke(main, ["worker", "--once", "--database-url", url])
     assert result.exit_code == 0, result.output
+
+
+def test_turning_a_breaker_off_lets_its_next_success_close_it(
+        live: Settings, queue: Queue, sandbox: Sandbox, providers: Providers) -> None:
+    on = gated(live, breaker_failures=1, breaker_cooldown=0.2)
+    reads(queue, 3)
+    trip(Queue(queue.engine, on), on, sandbox, providers)
+    # The settings change (breaker_failures = 0) while it is open: the workers still pause
+    # the key and probe it, and the probe's success closes it.
+    off = gated(live, breaker_failures=0)
+    stats = Worker(off, queue.engine, schedules=False).run(once=True, max_seconds=60)
+    assert stats.succeeded == 3 and statuses(queue) == {"succeeded": 3}
+    row = breaker_row(queue.engine)
+    assert row is not None and (row["state"], row["failures"]) == ("closed", 0)
