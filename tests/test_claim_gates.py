@@ -200,7 +200,8 @@ def test_a_killed_worker_process_gives_its_slot_back_after_its_lease(
         sandbox: Sandbox, db_url: str, queue: Queue, live: Settings, tmp_path: Path) -> None:
     config = tmp_path / "capped.toml"
     config.write_text("[accounts.default.afilnet]\nmax_in_flight = 1\n", encoding="utf-8")
-    sandbox.faults.latency_ms = 3000  # the dead worker's one call is held at the API
+    # The dead worker's one call is held at the API until the sandbox stops.
+    sandbox.faults.latency_ms = 3_600_000
     ids = reads(queue, 4)
     proc = start_worker(sandbox, db_url, "--concurrency", "8", "--lease", "1",
                         "--config", str(config))
@@ -294,9 +295,14 @@ def test_uncertain_sends_and_refusals_never_open_the_breaker(
     # The same settings do open it on retryable failures: the check above can fail.
     reads(queue, 2)
     sandbox.fail_next(2, "503")
-    Worker(settings, queue.engine, schedules=False).run(max_seconds=2)
-    row = breaker_row(queue.engine)
-    assert row is not None and row["state"] == "open"
+    worker = Worker(settings, queue.engine, schedules=False)
+    thread = threading.Thread(target=worker.run, kwargs={"max_seconds": 300})
+    thread.start()
+    try:
+        wait_until(lambda: (breaker_row(queue.engine) or {}).get("state") == "open")
+    finally:
+        worker.stop()
+        thread.join(120)
 
 
 def trip(queue: Queue, settings: Settings, sandbox: Sandbox, providers: Providers) -> int:
@@ -333,9 +339,14 @@ def test_a_success_on_any_worker_resets_the_count_of_failures_in_a_row(
     assert row is not None and (row["state"], row["failures"], row["trips"]) == ("closed", 2, 0)
 
 
+def end_the_pause(engine: Engine) -> None:
+    with engine.begin() as c:  # by the server's clock: the cool-down is over
+        c.execute(update(circuit_breaker).values(open_until=utcnow(-1)))
+
+
 def test_only_one_worker_probes_and_the_others_stay_paused_until_it_answers(
         live: Settings, queue: Queue, sandbox: Sandbox, providers: Providers) -> None:
-    settings = gated(live, breaker_failures=1, breaker_cooldown=0.3)
+    settings = gated(live, breaker_failures=1, breaker_cooldown=600)
     two = dataclasses.replace(settings, accounts={**settings.accounts,
                                                   "other": settings.accounts["default"]})
     q1, q2 = Queue(queue.engine, two), Queue(queue.engine, two)
@@ -344,8 +355,9 @@ def test_only_one_worker_probes_and_the_others_stay_paused_until_it_answers(
     trip(q1, two, sandbox, providers)
     assert [c.id for c in q2.claim("b", 10, 60)] == other  # only the paused key waits
     assert q1.claim("a", 10, 60, probe=KEY) == []  # the pause is not over yet
-    wait_until(lambda: (q1.breakers.refresh(force=True), q1.breakers.due_probes())[1]
-               == [KEY])
+    end_the_pause(queue.engine)
+    q1.breakers.refresh(force=True)
+    assert q1.breakers.due_probes() == [KEY]
     probes: list[list[Claimed]] = []
     racers = [threading.Thread(target=lambda q=q: probes.append(q.claim("x", 10, 60,
                                                                         probe=KEY)))
