@@ -103,11 +103,15 @@ def run_workers(settings: Settings, engine: Engine, n: int, **kwargs: Any) -> li
 def test_three_workers_together_never_have_more_than_max_in_flight_calls_at_the_api(
         live: Settings, queue: Queue, sandbox: Sandbox) -> None:
     settings = gated(live, max_in_flight=2)
+    # A lease no slow engine outlasts: a capped claim can wait for another worker's.
+    settings = dataclasses.replace(settings, worker=dataclasses.replace(settings.worker,
+                                                                        lease_seconds=60))
     sandbox.faults.latency_ms = 150  # every call is held long enough to overlap
     reads(queue, 24)
     workers = run_workers(settings, queue.engine, 3)
     assert statuses(queue) == {"succeeded": 24}
-    assert sum(w.stats.claimed for w in workers) == 24
+    assert sum(w.stats.claimed for w in workers) >= 24
+    assert sum(1 for w in workers if w.stats.claimed) >= 2  # the work really was shared
     # Three workers of concurrency 4 would hold up to 12 calls at once; the cap holds overall.
     assert 1 <= sandbox.max_in_flight <= 2
 
@@ -373,7 +377,9 @@ def test_only_one_worker_probes_and_the_others_stay_paused_until_it_answers(
     q1.finish([done])
     row = breaker_row(queue.engine)
     assert row is not None and (row["state"], row["failures"]) == ("closed", 0)
-    rest = q2.claim("b", 10, 60)
+    rest: list[Claimed] = []
+    # Every other row of the key is claimed again (the one that failed once its back-off ends).
+    wait_until(lambda: rest.extend(q2.claim("b", 10, 60)) or len(rest) >= len(ids) - 1)
     assert sorted(c.id for c in rest) == sorted(i for i in ids if i != won[0][0].id)
 
 
