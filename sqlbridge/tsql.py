@@ -906,6 +906,19 @@ def bulk_procedures() -> list[str]:
 QUEUED_DEPTH_VIEW = "queued_depth"
 
 
+def _breaker_clear_sql() -> str:
+    """The claim's own breaker condition (sqlbridge.gates), for a view over the outbox."""
+    from sqlalchemy import select
+
+    from . import gates
+    from .schema import outbox
+
+    # Compiled inside a query on the outbox, so the subquery correlates with its rows.
+    sql = str(select(outbox.c.id).where(gates.breaker_clear(outbox, gates.row_provider(outbox)))
+              .compile(dialect=mssql.dialect(), compile_kwargs={"literal_binds": True}))
+    return " ".join(sql.split("\nWHERE ", 1)[1].split())
+
+
 def _queue_health_sql() -> str:
     """sqlbridge.monitoring's query, compiled for SQL Server: one definition for both."""
     from .monitoring import queue_health_select
@@ -939,12 +952,13 @@ FROM {SCHEMA}.outbox WHERE status = N'processing' AND locked_until < SYSUTCDATET
     http_status, response, error_code, error_message, correlation, created_at, finished_at
 FROM {SCHEMA}.outbox""",
     # One row, one number: the queued requests that are due now (not those waiting for a
-    # not_before or a retry's back-off, which no added worker could take yet). What an
-    # autoscaler reads (KEDA's mssql scaler: deploy/kubernetes/keda.yaml); a seek on the
-    # filtered ix_outbox_claim (available_at, ...) WHERE status = 'queued', so it costs the
-    # due rows' index entries, never the finished history.
+    # not_before or a retry's back-off, nor those an open circuit breaker pauses: no added
+    # worker could take them yet). What an autoscaler reads (KEDA's mssql scaler:
+    # deploy/kubernetes/keda.yaml); a seek on the filtered ix_outbox_claim (available_at, ...)
+    # WHERE status = 'queued', so it costs the due rows, never the finished history.
     QUEUED_DEPTH_VIEW: f"""SELECT COUNT_BIG(*) AS depth
-FROM {SCHEMA}.outbox WHERE status = N'queued' AND available_at <= SYSUTCDATETIME()""",
+FROM {SCHEMA}.outbox WHERE status = N'queued' AND available_at <= SYSUTCDATETIME()
+    AND {_breaker_clear_sql()}""",
 }
 # Who may read each view (default: callers and operators). The queue depth also the workers'
 # role, so an autoscaler can log in as the workers do; they read the whole outbox anyway.

@@ -23,7 +23,7 @@ from typing import Any
 import click
 import pytest
 import yaml
-from sqlalchemy import delete, select, text
+from sqlalchemy import delete, insert, select, text
 
 from sqlbridge import install as installer
 from sqlbridge import tsql
@@ -31,7 +31,7 @@ from sqlbridge.cli import main
 from sqlbridge.config import ENV_NAMES, Settings
 from sqlbridge.db import make_engine
 from sqlbridge.queue import Queue
-from sqlbridge.schema import metadata, outbox, schema_version
+from sqlbridge.schema import circuit_breaker, metadata, outbox, schema_version
 
 from .conftest import MSSQL_URL, NO_MSSQL
 
@@ -376,6 +376,12 @@ def test_the_scaler_s_query_counts_the_due_requests_on_sql_server() -> None:
             queue.enqueue("chat.sendmessage", params)
         later = datetime.now(UTC).replace(tzinfo=None) + timedelta(hours=1)
         queue.enqueue("chat.sendmessage", params, not_before=later)  # not due: not counted
+        for _ in range(2):  # due, but an open circuit breaker pauses them: not counted
+            queue.enqueue("chat.sendmessage", params, account="paused")
+        with engine.begin() as conn:
+            conn.execute(insert(circuit_breaker).values(
+                account="paused", provider="afilnet", state="open", failures=5,
+                open_until=later, cooldown=30.0, trips=1))
         with engine.connect() as conn:
             rows = conn.execute(text(keda_query())).all()
         assert len(rows) == 1 and len(rows[0]) == 1 and int(rows[0][0]) == 3

@@ -66,7 +66,8 @@ IF OBJECT_ID(N'sqlbridge.queued_depth', N'V') IS NOT NULL DROP VIEW sqlbridge.qu
 GO
 CREATE VIEW sqlbridge.queued_depth AS
 SELECT COUNT_BIG(*) AS depth
-FROM sqlbridge.outbox WHERE status = N'queued' AND available_at <= SYSUTCDATETIME();
+FROM sqlbridge.outbox WHERE status = N'queued' AND available_at <= SYSUTCDATETIME()
+    AND NOT (EXISTS (SELECT 1 AS anon_1 FROM sqlbridge.circuit_breaker WHERE sqlbridge.circuit_breaker.account = sqlbridge.outbox.account AND sqlbridge.circuit_breaker.provider = coalesce(sqlbridge.outbox.provider, CASE WHEN (sqlbridge.outbox.operation = N'chat.getchatchannels') THEN N'afilnet' WHEN (sqlbridge.outbox.operation = N'chat.getchats') THEN N'afilnet' WHEN (sqlbridge.outbox.operation = N'chat.getmessages') THEN N'afilnet' WHEN (sqlbridge.outbox.operation = N'chat.getunreadmessages') THEN N'afilnet' WHEN (sqlbridge.outbox.operation = N'chat.sendfile') THEN N'afilnet' WHEN (sqlbridge.outbox.operation = N'chat.sendmessage') THEN N'afilnet' WHEN (sqlbridge.outbox.operation = N'http.request') THEN N'http' WHEN (sqlbridge.outbox.operation = N'messenger.alertcounter') THEN N'anna' WHEN (sqlbridge.outbox.operation = N'messenger.link') THEN N'anna' WHEN (sqlbridge.outbox.operation = N'messenger.requests') THEN N'anna' WHEN (sqlbridge.outbox.operation = N'messenger.structure') THEN N'anna' WHEN (sqlbridge.outbox.operation = N'user.inactivate') THEN N'anna' WHEN (sqlbridge.outbox.operation = N'user.userhash') THEN N'anna' WHEN (sqlbridge.outbox.operation = N'user.userhashforced') THEN N'anna' ELSE N'afilnet' END) AND sqlbridge.circuit_breaker.state != N'closed'));
 GO
 GRANT SELECT ON sqlbridge.queued_depth TO sqlbridge_caller;
 GRANT SELECT ON sqlbridge.queued_depth TO sqlbridge_operator;
