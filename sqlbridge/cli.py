@@ -274,8 +274,6 @@ def worker(ctx: Context, once: bool, concurrency: int | None, batch: int | None,
         # An outage is not a mistake: the worker rides it out, as it does mid-run.
         log.warning("%s; retrying until it answers", exc)
         engine = make_engine(ctx.settings.database_url)
-    else:
-        _refuse_an_older_schema(engine)
     if processes > 1:
         from .supervisor import Supervisor, child_args
 
@@ -313,19 +311,6 @@ def worker(ctx: Context, once: bool, concurrency: int | None, batch: int | None,
         sys.stderr.flush()
         logging.shutdown()
         os._exit(0)
-
-
-def _refuse_an_older_schema(engine: Any) -> None:
-    """A database installed by an older sqlbridge lacks the tables every claim now reads
-    (the circuit breakers, since 006): say so before the first claim fails on it."""
-    from .errors import ConfigError
-    from .health import missing_tables
-
-    missing = missing_tables(engine)
-    if missing:
-        raise ConfigError(f"the database schema is older than this sqlbridge (missing tables: "
-                          f"{', '.join(missing)}); run sqlbridge install, which upgrades it "
-                          "in place", code="SCHEMA_OUTDATED")
 
 
 @main.command("migrate")

@@ -121,7 +121,8 @@ def common(fn: Callable[..., Any] | None = None, *,
             found = classify(exc, url)
             if isinstance(found, ConfigError):
                 _fail(found, EXIT_CONFIG)
-            click.echo(printable(f"error: cannot use the database: {_one_line(exc)}"), err=True)
+            click.echo(printable(f"error: cannot use the database: {_one_line(exc)}"
+                                 f"{_missing_table_hint(exc)}"), err=True)
             sys.exit(EXIT_DATABASE)
 
     return wrapper
@@ -137,6 +138,20 @@ def _stored_value_unreadable(exc: BaseException) -> bool:
             return True
         tb = tb.tb_next
     return False
+
+
+# A table the statement needs is not there (SQLite, SQL Server, Babelfish's PostgreSQL).
+_MISSING_TABLE = re.compile(r"no such table|invalid object name|relation \S+ does not exist",
+                            re.IGNORECASE)
+
+
+def _missing_table_hint(exc: BaseException) -> str:
+    """For a missing table, what to do: usually a database installed by an older sqlbridge
+    (a later release added the table in a new versioned script)."""
+    if not _MISSING_TABLE.search(str(getattr(exc, "orig", None) or exc)):
+        return ""
+    return (" (a table is missing: the database may be older than this sqlbridge; "
+            "sqlbridge doctor says which scripts are pending, sqlbridge install applies them)")
 
 
 def _one_line(exc: BaseException) -> str:

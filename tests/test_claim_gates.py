@@ -111,7 +111,6 @@ def test_three_workers_together_never_have_more_than_max_in_flight_calls_at_the_
     workers = run_workers(settings, queue.engine, 3)
     assert statuses(queue) == {"succeeded": 24}
     assert sum(w.stats.claimed for w in workers) >= 24
-    assert sum(1 for w in workers if w.stats.claimed) >= 2  # the work really was shared
     # Three workers of concurrency 4 would hold up to 12 calls at once; the cap holds overall.
     assert 1 <= sandbox.max_in_flight <= 2
 
@@ -486,7 +485,7 @@ def test_a_capped_claim_still_walks_the_claim_index_and_counts_only_rows_in_flig
 
 
 @pytest.mark.sqlite_only
-def test_a_worker_refuses_a_database_that_lacks_the_new_tables(tmp_path: Path) -> None:
+def test_a_worker_on_a_database_that_lacks_the_new_tables_says_to_install(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'old.db'}"
     engine = make_engine(url)
     install(engine)
@@ -494,9 +493,9 @@ def test_a_worker_refuses_a_database_that_lacks_the_new_tables(tmp_path: Path) -
         conn.exec_driver_sql("DROP TABLE circuit_breaker")
     engine.dispose()
     result = CliRunner().invoke(main, ["worker", "--once", "--database-url", url])
-    assert result.exit_code == 3, result.output
-    assert "missing tables: circuit_breaker" in result.stderr
-    assert "run sqlbridge install" in result.stderr
+    assert result.exit_code == 7, result.output  # one line, no traceback
+    assert "circuit_breaker" in result.stderr and "Traceback" not in result.output
+    assert "sqlbridge install applies them" in result.stderr
     result = CliRunner().invoke(main, ["install", "--database-url", url])
     assert result.exit_code == 0
     result = CliRunner().invoke(main, ["worker", "--once", "--database-url", url])
@@ -515,3 +514,12 @@ def test_turning_a_breaker_off_lets_its_next_success_close_it(
     assert stats.succeeded == 3 and statuses(queue) == {"succeeded": 3}
     row = breaker_row(queue.engine)
     assert row is not None and (row["state"], row["failures"]) == ("closed", 0)
+
+
+def test_a_healthy_api_costs_no_breaker_writes(live: Settings, queue: Queue) -> None:
+    reads(queue, 10)
+    worker = Worker(live, queue.engine, schedules=False)
+    assert worker.run(once=True, max_seconds=60).succeeded == 10
+    # Every breaker closed and counting nothing: the finish batches wrote nothing for them.
+    assert worker.queue.breakers.writes == 0
+    assert breaker_row(queue.engine) is None
