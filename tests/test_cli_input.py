@@ -225,14 +225,19 @@ def test_an_age_is_a_positive_bounded_number_of_seconds_or_a_sentence(text: str)
     assert 0 < seconds <= MAX_AGE_SECONDS and text.strip()[-1].lower() in "smhd"
 
 
-def test_purge_on_a_terminal_asks_first(url: str) -> None:
-    import pty
-
+def queue_with_one_request_finished_40_days_ago(url: str) -> Queue:
     q = Queue(make_engine(url))
     q.enqueue("chat.getchatchannels")
     with q.engine.begin() as c:
         c.exec_driver_sql("UPDATE outbox SET status = 'succeeded', "
                           "finished_at = datetime('now', '-40 days')")
+    return q
+
+
+def test_purge_on_a_terminal_asks_first(url: str) -> None:
+    import pty
+
+    q = queue_with_one_request_finished_40_days_ago(url)
     for answer, says, left in ((b"n\n", "nothing deleted", 1), (b"y\n", "purged 1", 0)):
         leader, follower = pty.openpty()
         proc = subprocess.Popen([sys.executable, "-m", "sqlbridge", "purge", "--older-than",
@@ -357,11 +362,7 @@ def run_with_stdin_closed(url: str, *args: str) -> subprocess.CompletedProcess[s
 
 
 def test_a_closed_standard_input_is_a_usage_error_not_a_traceback(url: str) -> None:
-    q = Queue(make_engine(url))
-    q.enqueue("chat.getchatchannels")
-    with q.engine.begin() as c:
-        c.exec_driver_sql("UPDATE outbox SET status = 'succeeded', "
-                          "finished_at = datetime('now', '-40 days')")
+    q = queue_with_one_request_finished_40_days_ago(url)
     q.enqueue("chat.getchatchannels")
     for args, says in (
             (("enqueue", "chat.getchatchannels", "--json", "-"),
