@@ -15,8 +15,10 @@ import binascii
 import json
 import socket
 import ssl
+import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -140,3 +142,24 @@ class Capture:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(timeout=5)
+
+
+def make_test_pki(d: Path, ca_name: str, leaf_name: str, san: str) -> Path:
+    """A throwaway CA (``ca.pem``) and a certificate for ``san`` signed by it (``leaf.pem``,
+    ``leaf.key``) in ``d``, made with the openssl CLI; the test skips without openssl."""
+    import pytest
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True, timeout=120)
+
+    try:
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
+                "ca.pem", "-subj", f"/CN={ca_name}", "-days", "2")
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "leaf.key", "-out",
+                "leaf.csr", "-subj", f"/CN={leaf_name}")
+        (d / "san.ext").write_text(f"subjectAltName={san}\n")
+        openssl("x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                "-CAcreateserial", "-out", "leaf.pem", "-days", "2", "-extfile", "san.ext")
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"openssl cannot make test certificates: {exc}")
+    return d

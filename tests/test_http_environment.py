@@ -7,7 +7,6 @@ configured ``proxy`` still first, and netrc credentials never. Real HTTP over lo
 from __future__ import annotations
 
 import ssl
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from sqlbridge.errors import TransientError
 from sqlbridge.providers import CallResult, Providers, build_providers
 from sqlbridge.providers import environment as environment_module
 
-from .capture import Capture
+from .capture import Capture, make_test_pki
 
 PROXY_VARIABLES = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY",
                    "all_proxy", "NO_PROXY", "no_proxy", "REQUESTS_CA_BUNDLE",
@@ -131,22 +130,8 @@ def test_the_environment_is_read_once_per_url(fresh: Any,
 @pytest.fixture(scope="module")
 def loopback_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A throwaway CA and a certificate for 127.0.0.1 signed by it (openssl CLI)."""
-    d = tmp_path_factory.mktemp("pki")
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True, timeout=120)
-
-    try:
-        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
-                "ca.pem", "-subj", "/CN=sqlbridge environment test CA", "-days", "2")
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "leaf.key", "-out",
-                "leaf.csr", "-subj", "/CN=127.0.0.1")
-        (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-        openssl("x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-                "-CAcreateserial", "-out", "leaf.pem", "-days", "2", "-extfile", "san.ext")
-    except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"openssl cannot make test certificates: {exc}")
-    return d
+    return make_test_pki(tmp_path_factory.mktemp("pki"), "sqlbridge environment test CA",
+                         "127.0.0.1", "IP:127.0.0.1")
 
 
 def test_requests_ca_bundle_from_the_environment_is_still_honoured(

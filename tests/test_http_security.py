@@ -14,7 +14,6 @@ import ipaddress
 import json
 import socket
 import ssl
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,7 +34,7 @@ from sqlbridge.queue import Queue
 from sqlbridge.schema import outbox
 from sqlbridge.worker import Worker
 
-from .capture import Capture
+from .capture import Capture, make_test_pki
 from .conftest import FAST_WORKER
 
 TOKEN = "tok-4f9a1c7e2b"
@@ -424,22 +423,8 @@ def test_a_configured_proxy_carries_the_call(providers: Providers, allowed: Capt
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A throwaway CA and a certificate for pinned.test signed by it (openssl CLI)."""
-    d = tmp_path_factory.mktemp("pki")
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True, timeout=120)
-
-    try:
-        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
-                "ca.pem", "-subj", "/CN=sqlbridge test CA", "-days", "2")
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "leaf.key", "-out",
-                "leaf.csr", "-subj", "/CN=pinned.test")
-        (d / "san.ext").write_text("subjectAltName=DNS:pinned.test\n")
-        openssl("x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-                "-CAcreateserial", "-out", "leaf.pem", "-days", "2", "-extfile", "san.ext")
-    except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"openssl cannot make test certificates: {exc}")
-    return d
+    return make_test_pki(tmp_path_factory.mktemp("pki"), "sqlbridge test CA", "pinned.test",
+                         "DNS:pinned.test")
 
 
 @pytest.fixture
