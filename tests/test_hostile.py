@@ -171,6 +171,18 @@ def test_textsafe_makes_any_string_storable() -> None:
 # -- rows no claim can read -----------------------------------------------------------------
 
 
+def run_and_see_only_the_poison_row_fail(live: Settings, queue: Queue, before: int,
+                                         poison: int, after: int) -> None:
+    """The worker runs the rows queued around an unreadable one: they succeed, it alone fails."""
+    run(live, queue)
+    assert queue.get(before)["status"] == "succeeded"
+    assert queue.get(after)["status"] == "succeeded"
+    with queue.engine.connect() as c:
+        status, code = c.execute(select(outbox.c.status, outbox.c.error_code)
+                                 .where(outbox.c.id == poison)).one()
+    assert (status, code) == ("failed", "UNREADABLE_ROW")
+
+
 @pytest.mark.sqlite_only
 @pytest.mark.parametrize("column", ["params", "operation"])
 def test_a_poison_row_is_failed_alone_and_the_queue_keeps_moving(
@@ -183,13 +195,7 @@ def test_a_poison_row_is_failed_alone_and_the_queue_keeps_moving(
                        f"('default', {values['operation']}, {values['params']})"))
         poison = c.execute(text("SELECT max(id) FROM outbox")).scalar()
     after = queue.enqueue("chat.getchatchannels", {}).id
-    run(live, queue)
-    assert queue.get(before)["status"] == "succeeded"
-    assert queue.get(after)["status"] == "succeeded"
-    with queue.engine.connect() as c:
-        status, code = c.execute(select(outbox.c.status, outbox.c.error_code)
-                                 .where(outbox.c.id == poison)).one()
-    assert (status, code) == ("failed", "UNREADABLE_ROW")
+    run_and_see_only_the_poison_row_fail(live, queue, before, poison, after)
 
 
 @pytest.mark.sqlite_only
@@ -487,13 +493,7 @@ def test_a_row_whose_numbers_are_not_numbers_is_failed_alone_and_its_batch_is_se
                        f"('default', 'chat.getchatchannels', '{{}}', {value})"))
         poison = c.execute(text("SELECT max(id) FROM outbox")).scalar()
     after = queue.enqueue("chat.sendmessage", {**send, "destination": "34600000002"}).id
-    run(live, queue)
-    assert queue.get(before)["status"] == "succeeded"
-    assert queue.get(after)["status"] == "succeeded"
-    with queue.engine.connect() as c:
-        status, code = c.execute(select(outbox.c.status, outbox.c.error_code)
-                                 .where(outbox.c.id == poison)).one()
-    assert (status, code) == ("failed", "UNREADABLE_ROW")
+    run_and_see_only_the_poison_row_fail(live, queue, before, poison, after)
 
 
 @pytest.mark.sqlite_only
